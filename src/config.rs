@@ -1,0 +1,676 @@
+//! The plugin configuration: JSON types, defaults and validation.
+//!
+//! Parsing goes through `serde_path_to_error` so a bad field is reported by its path
+//! (`negative_cache.capacity: ...`); validation then checks ranges serde cannot express.
+//! `Config` is the only thing the rest of the filter sees: every value in it is valid.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::header_name::is_valid_header_name;
+
+const MAX_TTL_SECONDS: u64 = 7 * 24 * 3600;
+const MAX_CAPACITY: u32 = 1_048_576;
+const MAX_BODY_BYTES: u32 = 65_536;
+const MIN_SECRET_BYTES: usize = 16;
+const MAX_PATH_SEGMENT: u32 = 64;
+
+/// Why a configuration was refused: the field's path and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "negcache: invalid configuration: {}", self.reason)
+        } else {
+            write!(
+                f,
+                "negcache: invalid configuration: {}: {}",
+                self.field, self.reason
+            )
+        }
+    }
+}
+
+/// Where a request's identity comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CredentialSource {
+    Header(String),
+    Cookie(String),
+    Query(String),
+    PathSegment(u32),
+}
+
+impl CredentialSource {
+    /// A stable name, used for domain separation in the fingerprint.
+    pub fn label(&self) -> String {
+        match self {
+            CredentialSource::Header(name) => format!("header:{name}"),
+            CredentialSource::Cookie(name) => format!("cookie:{name}"),
+            CredentialSource::Query(name) => format!("query:{name}"),
+            CredentialSource::PathSegment(n) => format!("path_segment:{n}"),
+        }
+    }
+}
+
+/// A part of a negative-cache key beyond the request's authority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyPart {
+    Identity,
+    Method,
+    Path,
+    Query,
+    ClientIp,
+}
+
+/// The request attributes an entry is keyed on, besides authority and identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KeyShape {
+    pub method: bool,
+    pub path: bool,
+    pub query: bool,
+    pub client_ip: bool,
+}
+
+impl KeyShape {
+    pub const IDENTITY_ONLY: KeyShape = KeyShape {
+        method: false,
+        path: false,
+        query: false,
+        client_ip: false,
+    };
+
+    pub fn to_bits(self) -> u8 {
+        u8::from(self.method)
+            | u8::from(self.path) << 1
+            | u8::from(self.query) << 2
+            | u8::from(self.client_ip) << 3
+    }
+
+    /// Anonymous entries are always per request line: one logged-out 401 must not answer
+    /// every other anonymous request from the same address.
+    pub fn for_anonymous(self) -> KeyShape {
+        KeyShape {
+            method: true,
+            path: true,
+            query: true,
+            client_ip: self.client_ip,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRule {
+    pub status: u16,
+    pub ttl_ms: u64,
+    pub shape: KeyShape,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InactiveRule {
+    pub header: String,
+    pub ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NegativeCacheConfig {
+    pub enabled: bool,
+    pub shadow: bool,
+    pub statuses: Vec<StatusRule>,
+    pub inactive: Option<InactiveRule>,
+    pub cache_anonymous: bool,
+    pub capacity: u32,
+    pub max_body_bytes: u32,
+    pub epoch: u32,
+}
+
+impl NegativeCacheConfig {
+    pub fn rule_for(&self, status: u16) -> Option<&StatusRule> {
+        self.statuses.iter().find(|rule| rule.status == status)
+    }
+}
+
+/// Where the fingerprint key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Inline(Vec<u8>),
+    Env(String),
+    /// Made once per Envoy process and shared by every VM through shared data.
+    Generated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub credentials: Vec<CredentialSource>,
+    pub exempt_paths: Vec<String>,
+    pub secret: SecretSource,
+    pub negative_cache: NegativeCacheConfig,
+}
+
+impl Config {
+    /// Parses and validates the plugin configuration. Empty input means `{}`.
+    pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+        let json = if json.iter().all(u8::is_ascii_whitespace) {
+            &b"{}"[..]
+        } else {
+            json
+        };
+        if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ConfigError::new("", "must be a JSON object"));
+        }
+        let mut deserializer = serde_json::Deserializer::from_slice(json);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            ConfigError::new(field, strip_position(&e.inner().to_string()))
+        })?;
+        raw.validate()
+    }
+}
+
+/// serde_json appends "at line 1 column 42" to its messages; the field path says more.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(index) => message[..index].to_string(),
+        None => message.to_string(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_credentials")]
+    credentials: Vec<CredentialSource>,
+    #[serde(default)]
+    exempt_paths: Vec<String>,
+    #[serde(default)]
+    hash_secret: Option<String>,
+    #[serde(default)]
+    hash_secret_env: Option<String>,
+    #[serde(default)]
+    negative_cache: RawNegativeCache,
+}
+
+fn default_credentials() -> Vec<CredentialSource> {
+    vec![
+        CredentialSource::Header("authorization".to_string()),
+        CredentialSource::Header("x-api-key".to_string()),
+    ]
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawNegativeCache {
+    enabled: bool,
+    shadow: bool,
+    statuses: BTreeMap<String, RawStatusRule>,
+    inactive: Option<RawInactive>,
+    cache_anonymous: bool,
+    capacity: u32,
+    max_body_bytes: u32,
+    epoch: u32,
+}
+
+impl Default for RawNegativeCache {
+    fn default() -> Self {
+        let rule = |ttl_seconds, key: Option<Vec<KeyPart>>| RawStatusRule { ttl_seconds, key };
+        RawNegativeCache {
+            enabled: true,
+            shadow: false,
+            statuses: BTreeMap::from([
+                ("401".to_string(), rule(60, None)),
+                (
+                    "403".to_string(),
+                    rule(
+                        10,
+                        Some(vec![KeyPart::Identity, KeyPart::Method, KeyPart::Path]),
+                    ),
+                ),
+                (
+                    "429".to_string(),
+                    rule(10, Some(vec![KeyPart::Identity, KeyPart::ClientIp])),
+                ),
+            ]),
+            inactive: Some(RawInactive::default()),
+            cache_anonymous: false,
+            capacity: 16_384,
+            max_body_bytes: 2_048,
+            epoch: 0,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatusRule {
+    ttl_seconds: u64,
+    #[serde(default)]
+    key: Option<Vec<KeyPart>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawInactive {
+    header: String,
+    ttl_seconds: u64,
+}
+
+impl Default for RawInactive {
+    fn default() -> Self {
+        RawInactive {
+            header: "x-negcache-inactive".to_string(),
+            ttl_seconds: 3600,
+        }
+    }
+}
+
+fn check_ttl(field: String, ttl_seconds: u64) -> Result<u64, ConfigError> {
+    if ttl_seconds == 0 || ttl_seconds > MAX_TTL_SECONDS {
+        return Err(ConfigError::new(
+            field,
+            format!("must be between 1 and {MAX_TTL_SECONDS} seconds (7 days), got {ttl_seconds}"),
+        ));
+    }
+    Ok(ttl_seconds * 1000)
+}
+
+fn check_header_name(field: String, name: &str) -> Result<String, ConfigError> {
+    if !is_valid_header_name(name) {
+        return Err(ConfigError::new(
+            field,
+            format!("{name:?} is not a valid HTTP header name"),
+        ));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let mut credentials = Vec::with_capacity(self.credentials.len());
+        for (index, source) in self.credentials.into_iter().enumerate() {
+            let field = format!("credentials[{index}]");
+            credentials.push(match source {
+                CredentialSource::Header(name) => {
+                    CredentialSource::Header(check_header_name(format!("{field}.header"), &name)?)
+                }
+                CredentialSource::Cookie(name) => {
+                    if !is_valid_header_name(&name) {
+                        return Err(ConfigError::new(
+                            format!("{field}.cookie"),
+                            format!("{name:?} is not a valid cookie name"),
+                        ));
+                    }
+                    CredentialSource::Cookie(name)
+                }
+                CredentialSource::Query(name) => {
+                    if name.is_empty() || name.contains(['&', '=', '#']) {
+                        return Err(ConfigError::new(
+                            format!("{field}.query"),
+                            format!("{name:?} is not a valid query parameter name"),
+                        ));
+                    }
+                    CredentialSource::Query(name)
+                }
+                CredentialSource::PathSegment(n) => {
+                    if n > MAX_PATH_SEGMENT {
+                        return Err(ConfigError::new(
+                            format!("{field}.path_segment"),
+                            format!("must be at most {MAX_PATH_SEGMENT}, got {n}"),
+                        ));
+                    }
+                    CredentialSource::PathSegment(n)
+                }
+            });
+        }
+
+        for (index, path) in self.exempt_paths.iter().enumerate() {
+            if !path.starts_with('/') || path.contains(['?', '#']) {
+                return Err(ConfigError::new(
+                    format!("exempt_paths[{index}]"),
+                    format!("{path:?} must be a path starting with '/' and without query"),
+                ));
+            }
+        }
+        let exempt_paths = self
+            .exempt_paths
+            .iter()
+            .map(|path| crate::path::normalize(path))
+            .collect();
+
+        let secret = match (self.hash_secret, self.hash_secret_env) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "hash_secret_env",
+                    "give either hash_secret or hash_secret_env, not both",
+                ))
+            }
+            (Some(secret), None) => {
+                if secret.len() < MIN_SECRET_BYTES {
+                    return Err(ConfigError::new(
+                        "hash_secret",
+                        format!("must be at least {MIN_SECRET_BYTES} bytes long"),
+                    ));
+                }
+                SecretSource::Inline(secret.into_bytes())
+            }
+            (None, Some(name)) => {
+                if name.is_empty() {
+                    return Err(ConfigError::new(
+                        "hash_secret_env",
+                        "must name an environment variable",
+                    ));
+                }
+                SecretSource::Env(name)
+            }
+            (None, None) => SecretSource::Generated,
+        };
+
+        let negative_cache = self.negative_cache.validate()?;
+        Ok(Config {
+            credentials,
+            exempt_paths,
+            secret,
+            negative_cache,
+        })
+    }
+}
+
+impl RawNegativeCache {
+    fn validate(self) -> Result<NegativeCacheConfig, ConfigError> {
+        let mut statuses = Vec::with_capacity(self.statuses.len());
+        for (status_text, rule) in self.statuses {
+            let field = format!("negative_cache.statuses.{status_text}");
+            let status = match status_text.parse::<u16>() {
+                Ok(status) if (400..=499).contains(&status) => status,
+                _ => {
+                    return Err(ConfigError::new(
+                        field,
+                        "only statuses 400-499 can be cached",
+                    ))
+                }
+            };
+            let ttl_ms = check_ttl(format!("{field}.ttl_seconds"), rule.ttl_seconds)?;
+            let shape = match rule.key {
+                None => KeyShape::IDENTITY_ONLY,
+                Some(parts) => shape_from_parts(&format!("{field}.key"), &parts)?,
+            };
+            statuses.push(StatusRule {
+                status,
+                ttl_ms,
+                shape,
+            });
+        }
+
+        let inactive = match self.inactive {
+            None => None,
+            Some(raw) => Some(InactiveRule {
+                header: check_header_name("negative_cache.inactive.header".into(), &raw.header)?,
+                ttl_ms: check_ttl("negative_cache.inactive.ttl_seconds".into(), raw.ttl_seconds)?,
+            }),
+        };
+
+        if self.capacity == 0 || self.capacity > MAX_CAPACITY {
+            return Err(ConfigError::new(
+                "negative_cache.capacity",
+                format!(
+                    "must be between 1 and {MAX_CAPACITY}, got {}",
+                    self.capacity
+                ),
+            ));
+        }
+        if self.max_body_bytes > MAX_BODY_BYTES {
+            return Err(ConfigError::new(
+                "negative_cache.max_body_bytes",
+                format!(
+                    "must be at most {MAX_BODY_BYTES}, got {}",
+                    self.max_body_bytes
+                ),
+            ));
+        }
+
+        Ok(NegativeCacheConfig {
+            enabled: self.enabled,
+            shadow: self.shadow,
+            statuses,
+            inactive,
+            cache_anonymous: self.cache_anonymous,
+            capacity: self.capacity,
+            max_body_bytes: self.max_body_bytes,
+            epoch: self.epoch,
+        })
+    }
+}
+
+fn shape_from_parts(field: &str, parts: &[KeyPart]) -> Result<KeyShape, ConfigError> {
+    // Slots are addressed by identity, so every key starts from it.
+    if !parts.contains(&KeyPart::Identity) {
+        return Err(ConfigError::new(field, "must include \"identity\""));
+    }
+    let mut shape = KeyShape::IDENTITY_ONLY;
+    for part in parts {
+        match part {
+            KeyPart::Identity => {}
+            KeyPart::Method => shape.method = true,
+            KeyPart::Path => shape.path = true,
+            KeyPart::Query => shape.query = true,
+            KeyPart::ClientIp => shape.client_ip = true,
+        }
+    }
+    Ok(shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Config, ConfigError> {
+        Config::parse(json.as_bytes())
+    }
+
+    #[test]
+    fn empty_config_gives_documented_defaults() {
+        for input in ["", "{}", "  \n"] {
+            let config = parse(input).unwrap();
+            assert_eq!(config.credentials, default_credentials());
+            assert!(config.exempt_paths.is_empty());
+            assert_eq!(config.secret, SecretSource::Generated);
+            let cache = &config.negative_cache;
+            assert!(cache.enabled && !cache.shadow && !cache.cache_anonymous);
+            assert_eq!(cache.capacity, 16_384);
+            assert_eq!(cache.max_body_bytes, 2_048);
+            assert_eq!(cache.rule_for(401).unwrap().ttl_ms, 60_000);
+            assert_eq!(
+                cache.rule_for(401).unwrap().shape,
+                KeyShape::IDENTITY_ONLY
+            );
+            let forbidden = cache.rule_for(403).unwrap();
+            assert_eq!(forbidden.ttl_ms, 10_000);
+            assert!(forbidden.shape.method && forbidden.shape.path && !forbidden.shape.client_ip);
+            let throttled = cache.rule_for(429).unwrap();
+            assert_eq!(throttled.ttl_ms, 10_000);
+            assert!(throttled.shape.client_ip && !throttled.shape.path);
+            let inactive = cache.inactive.as_ref().unwrap();
+            assert_eq!(inactive.header, "x-negcache-inactive");
+            assert_eq!(inactive.ttl_ms, 3_600_000);
+        }
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let config = parse(
+            r#"{
+              "credentials": [{"header": "Authorization"}, {"header": "x-api-key"},
+                {"cookie": "sessionid"}, {"query": "api_key"}, {"path_segment": 0}],
+              "exempt_paths": ["/healthz"],
+              "hash_secret": null, "hash_secret_env": null,
+              "negative_cache": {"enabled": true, "shadow": false,
+                "statuses": {"401": {"ttl_seconds": 60},
+                  "403": {"ttl_seconds": 10, "key": ["identity", "method", "path"]},
+                  "429": {"ttl_seconds": 10, "key": ["identity", "client_ip"]}},
+                "inactive": {"header": "x-negcache-inactive", "ttl_seconds": 3600},
+                "cache_anonymous": false, "capacity": 16384, "max_body_bytes": 2048, "epoch": 0}
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(config.credentials.len(), 5);
+        assert_eq!(
+            config.credentials[0],
+            CredentialSource::Header("authorization".into())
+        );
+        assert_eq!(config.credentials[4], CredentialSource::PathSegment(0));
+    }
+
+    #[test]
+    fn statuses_replace_the_default_map() {
+        let config = parse(r#"{"negative_cache": {"statuses": {"404": {"ttl_seconds": 30}}}}"#)
+            .unwrap();
+        let cache = config.negative_cache;
+        assert_eq!(cache.statuses.len(), 1);
+        assert_eq!(cache.rule_for(404).unwrap().ttl_ms, 30_000);
+        assert!(cache.rule_for(401).is_none());
+    }
+
+    #[test]
+    fn inactive_can_be_turned_off() {
+        let config = parse(r#"{"negative_cache": {"inactive": null}}"#).unwrap();
+        assert!(config.negative_cache.inactive.is_none());
+    }
+
+    #[test]
+    fn secrets_from_config_or_environment() {
+        let inline = parse(r#"{"hash_secret": "0123456789abcdef"}"#).unwrap();
+        assert_eq!(
+            inline.secret,
+            SecretSource::Inline(b"0123456789abcdef".to_vec())
+        );
+        let env = parse(r#"{"hash_secret_env": "NEGCACHE_SECRET"}"#).unwrap();
+        assert_eq!(env.secret, SecretSource::Env("NEGCACHE_SECRET".into()));
+    }
+
+    #[test]
+    fn every_bad_field_is_named_with_its_reason() {
+        let cases: &[(&str, &str, &str)] = &[
+            (r#"{"bogus": 1}"#, "bogus", "unknown field `bogus`"),
+            (
+                r#"{"negative_cache": {"capacity": "big"}}"#,
+                "negative_cache.capacity",
+                "invalid type",
+            ),
+            (
+                r#"{"negative_cache": {"capacity": 0}}"#,
+                "negative_cache.capacity",
+                "between 1 and 1048576",
+            ),
+            (
+                r#"{"negative_cache": {"capacity": 1048577}}"#,
+                "negative_cache.capacity",
+                "between 1 and 1048576",
+            ),
+            (
+                r#"{"negative_cache": {"statuses": {"200": {"ttl_seconds": 5}}}}"#,
+                "negative_cache.statuses.200",
+                "400-499",
+            ),
+            (
+                r#"{"negative_cache": {"statuses": {"abc": {"ttl_seconds": 5}}}}"#,
+                "negative_cache.statuses.abc",
+                "400-499",
+            ),
+            (
+                r#"{"negative_cache": {"statuses": {"401": {"ttl_seconds": 0}}}}"#,
+                "negative_cache.statuses.401.ttl_seconds",
+                "between 1 and 604800",
+            ),
+            (
+                r#"{"negative_cache": {"statuses": {"401": {"ttl_seconds": 604801}}}}"#,
+                "negative_cache.statuses.401.ttl_seconds",
+                "7 days",
+            ),
+            (
+                r#"{"negative_cache": {"statuses": {"401": {"ttl_seconds": 5, "key": ["path"]}}}}"#,
+                "negative_cache.statuses.401.key",
+                "identity",
+            ),
+            (
+                r#"{"negative_cache": {"statuses": {"401": {"ttl_seconds": 5, "key": ["host"]}}}}"#,
+                "negative_cache.statuses.401.key[0]",
+                "unknown variant `host`",
+            ),
+            (
+                r#"{"negative_cache": {"max_body_bytes": 65537}}"#,
+                "negative_cache.max_body_bytes",
+                "at most 65536",
+            ),
+            (
+                r#"{"hash_secret": "short"}"#,
+                "hash_secret",
+                "at least 16 bytes",
+            ),
+            (
+                r#"{"hash_secret": "0123456789abcdef", "hash_secret_env": "X"}"#,
+                "hash_secret_env",
+                "not both",
+            ),
+            (
+                r#"{"credentials": [{"header": "bad header"}]}"#,
+                "credentials[0].header",
+                "not a valid HTTP header name",
+            ),
+            (
+                r#"{"credentials": [{"header": ""}]}"#,
+                "credentials[0].header",
+                "not a valid HTTP header name",
+            ),
+            (
+                r#"{"credentials": [{"smoke_signal": "x"}]}"#,
+                "credentials[0]",
+                "unknown variant `smoke_signal`",
+            ),
+            (
+                r#"{"credentials": [{"path_segment": 65}]}"#,
+                "credentials[0].path_segment",
+                "at most 64",
+            ),
+            (
+                r#"{"negative_cache": {"inactive": {"header": "x:y"}}}"#,
+                "negative_cache.inactive.header",
+                "not a valid HTTP header name",
+            ),
+            (
+                r#"{"exempt_paths": ["healthz"]}"#,
+                "exempt_paths[0]",
+                "starting with '/'",
+            ),
+            (r#"[1, 2]"#, "", "must be a JSON object"),
+            ("\"x\"", "", "must be a JSON object"),
+            (r#"{"negative_cache": "#, "negative_cache", "EOF"),
+        ];
+        for (json, field, reason) in cases {
+            let error = parse(json).expect_err(json);
+            assert_eq!(&error.field, field, "{json}: {error}");
+            assert!(
+                error.reason.contains(reason),
+                "{json}: expected {reason:?} in {error}"
+            );
+            let line = error.to_string();
+            assert!(line.starts_with("negcache: invalid configuration: "));
+            assert!(!line.contains('\n'));
+        }
+    }
+}

@@ -1,0 +1,774 @@
+//! What the negative cache stores, when an entry applies, and how entries are placed in the
+//! slot table. Records are small and fixed-size (read on every lookup); the replay body lives
+//! under a second key read only on a hit, and carries its record's key and store time so a body
+//! that does not belong to its record is never replayed.
+
+use crate::config::{KeyShape, NegativeCacheConfig};
+use crate::fingerprint::Fingerprint;
+use crate::http_date::retry_after_reset_ms;
+use crate::slots::{SharedStore, Slot, SlotTable, StoreError, Write};
+
+const RECORD_VERSION: u8 = 1;
+const RECORD_LEN: usize = 68;
+const BODY_VERSION: u8 = 1;
+
+const FLAG_INACTIVE: u8 = 1;
+const FLAG_ANONYMOUS: u8 = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub inactive: bool,
+    pub anonymous: bool,
+    pub status: u16,
+    pub shape: u8,
+    pub epoch: u32,
+    pub stored_ms: u64,
+    pub expires_ms: u64,
+    /// The upstream's `Retry-After` as an absolute time; 0 when it sent none.
+    pub reset_ms: u64,
+    pub identity: Fingerprint,
+    pub key: Fingerprint,
+}
+
+/// A slot's bytes, read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    Empty,
+    Record(Record),
+    /// Written by another version of the filter: a miss, and free to overwrite.
+    OtherVersion,
+    /// Bytes that cannot be a record: a miss, free to overwrite, and worth an error count.
+    Corrupt,
+}
+
+impl Record {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(RECORD_LEN);
+        out.push(RECORD_VERSION);
+        let mut flags = 0;
+        if self.inactive {
+            flags |= FLAG_INACTIVE;
+        }
+        if self.anonymous {
+            flags |= FLAG_ANONYMOUS;
+        }
+        out.push(flags);
+        out.extend_from_slice(&self.status.to_le_bytes());
+        out.push(self.shape);
+        out.extend_from_slice(&[0, 0, 0]);
+        out.extend_from_slice(&self.epoch.to_le_bytes());
+        out.extend_from_slice(&self.stored_ms.to_le_bytes());
+        out.extend_from_slice(&self.expires_ms.to_le_bytes());
+        out.extend_from_slice(&self.reset_ms.to_le_bytes());
+        out.extend_from_slice(&self.identity.0);
+        out.extend_from_slice(&self.key.0);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Decoded {
+        match bytes.first() {
+            None => return Decoded::Empty,
+            Some(&RECORD_VERSION) => {}
+            Some(_) => return Decoded::OtherVersion,
+        }
+        if bytes.len() != RECORD_LEN {
+            return Decoded::Corrupt;
+        }
+        let mut reader = Reader::new(&bytes[1..]);
+        let parsed = (|| {
+            let flags = reader.u8()?;
+            let status = reader.u16()?;
+            let shape = reader.u8()?;
+            reader.take(3)?;
+            Some(Record {
+                inactive: flags & FLAG_INACTIVE != 0,
+                anonymous: flags & FLAG_ANONYMOUS != 0,
+                status,
+                shape,
+                epoch: reader.u32()?,
+                stored_ms: reader.u64()?,
+                expires_ms: reader.u64()?,
+                reset_ms: reader.u64()?,
+                identity: reader.fingerprint()?,
+                key: reader.fingerprint()?,
+            })
+        })();
+        match parsed {
+            Some(record) if (400..=499).contains(&record.status) => Decoded::Record(record),
+            _ => Decoded::Corrupt,
+        }
+    }
+
+    pub fn is_live(&self, now_ms: u64, epoch: u32) -> bool {
+        self.epoch == epoch && now_ms < self.expires_ms
+    }
+}
+
+/// What a hit replays besides the status.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplayBody {
+    pub key: Fingerprint,
+    pub stored_ms: u64,
+    pub content_type: Option<Vec<u8>>,
+    pub www_authenticate: Option<Vec<u8>>,
+    /// `None` when the upstream's body was not kept (too large, encoded, HEAD, cut short).
+    pub body: Option<Vec<u8>>,
+}
+
+impl ReplayBody {
+    pub fn encode(&self) -> Vec<u8> {
+        let body_len = self.body.as_ref().map_or(0, Vec::len);
+        let mut out = Vec::with_capacity(40 + body_len);
+        out.push(BODY_VERSION);
+        out.extend_from_slice(&self.key.0);
+        out.extend_from_slice(&self.stored_ms.to_le_bytes());
+        write_optional(&mut out, self.content_type.as_deref());
+        write_optional(&mut out, self.www_authenticate.as_deref());
+        write_optional(&mut out, self.body.as_deref());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<ReplayBody> {
+        let mut reader = Reader::new(bytes);
+        if reader.u8()? != BODY_VERSION {
+            return None;
+        }
+        let body = ReplayBody {
+            key: reader.fingerprint()?,
+            stored_ms: reader.u64()?,
+            content_type: reader.optional()?,
+            www_authenticate: reader.optional()?,
+            body: reader.optional()?,
+        };
+        reader.is_done().then_some(body)
+    }
+
+    pub fn belongs_to(&self, record: &Record) -> bool {
+        self.key == record.key && self.stored_ms == record.stored_ms
+    }
+}
+
+fn write_optional(out: &mut Vec<u8>, value: Option<&[u8]>) {
+    match value {
+        None => out.push(0),
+        Some(value) => {
+            out.push(1);
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            out.extend_from_slice(value);
+        }
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes }
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.bytes.len() < n {
+            return None;
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Some(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.array().map(u16::from_le_bytes)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.array().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        self.array().map(u64::from_le_bytes)
+    }
+
+    fn fingerprint(&mut self) -> Option<Fingerprint> {
+        self.array().map(Fingerprint)
+    }
+
+    fn optional(&mut self) -> Option<Option<Vec<u8>>> {
+        match self.u8()? {
+            0 => Some(None),
+            1 => {
+                let len = self.u32()? as usize;
+                Some(Some(self.take(len)?.to_vec()))
+            }
+            _ => None,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+/// The key shape an entry of this kind is stored under, or `None` if it is not cached at all.
+pub fn entry_shape(
+    config: &NegativeCacheConfig,
+    status: u16,
+    inactive: bool,
+    anonymous: bool,
+) -> Option<KeyShape> {
+    let shape = if inactive && !anonymous {
+        KeyShape::IDENTITY_ONLY
+    } else {
+        config.rule_for(status)?.shape
+    };
+    Some(if anonymous {
+        shape.for_anonymous()
+    } else {
+        shape
+    })
+}
+
+/// What an upstream response tells the cache to keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorePlan {
+    pub shape: KeyShape,
+    pub inactive: bool,
+    pub expires_ms: u64,
+    pub reset_ms: u64,
+}
+
+/// Decides whether an upstream response is stored, for how long and under which key shape.
+/// Only 4xx responses are candidates; the inactive marker applies to credentials only.
+pub fn plan_store(
+    config: &NegativeCacheConfig,
+    status: u16,
+    inactive_marker: bool,
+    anonymous: bool,
+    retry_after: Option<&[u8]>,
+    now_ms: u64,
+) -> Option<StorePlan> {
+    if !(400..=499).contains(&status) {
+        return None;
+    }
+    let inactive = inactive_marker && !anonymous && config.inactive.is_some();
+    let ttl_ms = match (&config.inactive, inactive) {
+        (Some(rule), true) => rule.ttl_ms,
+        _ => config.rule_for(status)?.ttl_ms,
+    };
+    let shape = entry_shape(config, status, inactive, anonymous)?;
+    let reset_ms = retry_after
+        .and_then(|value| retry_after_reset_ms(value, now_ms))
+        .unwrap_or(0);
+    let mut expires_ms = now_ms.saturating_add(ttl_ms);
+    if status == 429 && reset_ms != 0 {
+        expires_ms = expires_ms.min(reset_ms);
+    }
+    if expires_ms <= now_ms {
+        return None;
+    }
+    Some(StorePlan {
+        shape,
+        inactive,
+        expires_ms,
+        reset_ms,
+    })
+}
+
+/// The cache's two tables in shared data: fixed-size records, and replay bodies.
+pub struct CacheTables {
+    pub records: SlotTable,
+    pub bodies: SlotTable,
+}
+
+impl CacheTables {
+    pub fn new(capacity: u32) -> Self {
+        CacheTables {
+            records: SlotTable::new("negcache/c", capacity),
+            bodies: SlotTable::new("negcache/cb", capacity),
+        }
+    }
+}
+
+/// The outcome of a lookup: the live entry that matches, and whether corrupt bytes were seen.
+#[derive(Debug, Default)]
+pub struct Lookup {
+    pub hit: Option<(u32, Record)>,
+    pub corrupt: bool,
+}
+
+/// Finds a live entry of `identity` whose key, recomputed for this request with the shape its
+/// status is keyed on, matches. `key_for` is called only for records of this identity.
+pub fn lookup<S: SharedStore>(
+    store: &S,
+    tables: &CacheTables,
+    config: &NegativeCacheConfig,
+    identity: &Fingerprint,
+    now_ms: u64,
+    mut key_for: impl FnMut(KeyShape) -> Fingerprint,
+) -> Result<Lookup, StoreError> {
+    let mut result = Lookup::default();
+    let candidates = tables.records.candidates(identity);
+    let distinct = if candidates[0] == candidates[1] { 1 } else { 2 };
+    for &index in &candidates[..distinct] {
+        let slot = tables.records.read(store, index)?;
+        let record = match Record::decode(&slot.bytes) {
+            Decoded::Record(record) => record,
+            Decoded::Corrupt => {
+                result.corrupt = true;
+                continue;
+            }
+            Decoded::Empty | Decoded::OtherVersion => continue,
+        };
+        if record.identity != *identity || !record.is_live(now_ms, config.epoch) {
+            continue;
+        }
+        let Some(shape) = entry_shape(config, record.status, record.inactive, record.anonymous)
+        else {
+            continue;
+        };
+        if shape.to_bits() != record.shape {
+            continue;
+        }
+        if key_for(shape) == record.key {
+            result.hit = Some((index, record));
+            return Ok(result);
+        }
+    }
+    Ok(result)
+}
+
+/// Reads the replay body of a hit; `None` when the body key holds another entry's body.
+pub fn load_body<S: SharedStore>(
+    store: &S,
+    tables: &CacheTables,
+    index: u32,
+    record: &Record,
+) -> Result<Option<ReplayBody>, StoreError> {
+    let slot = tables.bodies.read(store, index)?;
+    Ok(ReplayBody::decode(&slot.bytes).filter(|body| body.belongs_to(record)))
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOutcome {
+    /// A live entry of another key was replaced.
+    pub evicted: bool,
+    /// The slot had never held data before.
+    pub newly_used: bool,
+    /// Corrupt bytes were overwritten.
+    pub corrupt: bool,
+}
+
+/// Stores `record` (and its replay body) in one of its identity's two slots: the slot already
+/// holding the same key, else a free one (empty, expired, old epoch, unreadable), else the
+/// live entry that expires first is evicted.
+pub fn store<S: SharedStore>(
+    store: &S,
+    tables: &CacheTables,
+    record: &Record,
+    body: &ReplayBody,
+) -> Result<StoreOutcome, StoreError> {
+    let mut outcome = StoreOutcome::default();
+    let encoded = record.encode();
+    let written = tables.records.update(store, &record.identity, |slots| {
+        outcome = StoreOutcome::default();
+        let candidate = choose_slot(slots, record, &mut outcome);
+        Some(Write {
+            candidate,
+            bytes: encoded.clone(),
+        })
+    })?;
+    if let Some((slot, _)) = written {
+        outcome.newly_used = slot.bytes.is_empty();
+        tables
+            .bodies
+            .write_unconditionally(store, slot.index, &body.encode())?;
+    }
+    Ok(outcome)
+}
+
+fn choose_slot(slots: &[Slot; 2], record: &Record, outcome: &mut StoreOutcome) -> usize {
+    let mut free = None;
+    let mut earliest: Option<(usize, u64)> = None;
+    for (position, slot) in slots.iter().enumerate() {
+        match Record::decode(&slot.bytes) {
+            Decoded::Record(existing) => {
+                if existing.key == record.key && existing.epoch == record.epoch {
+                    return position;
+                }
+                if !existing.is_live(record.stored_ms, record.epoch) {
+                    free.get_or_insert(position);
+                } else if earliest.is_none_or(|(_, at)| existing.expires_ms < at) {
+                    earliest = Some((position, existing.expires_ms));
+                }
+            }
+            Decoded::Corrupt => {
+                outcome.corrupt = true;
+                free.get_or_insert(position);
+            }
+            Decoded::Empty | Decoded::OtherVersion => {
+                free.get_or_insert(position);
+            }
+        }
+    }
+    if let Some(position) = free {
+        return position;
+    }
+    outcome.evicted = true;
+    earliest.map_or(0, |(position, _)| position)
+}
+
+/// Expires every live entry of `identity` (an upstream said the credential is good now).
+/// Returns how many entries were removed. The slot keeps a record, never an empty value, so
+/// "slots ever used" stays exact.
+pub fn purge<S: SharedStore>(
+    store: &S,
+    tables: &CacheTables,
+    identity: &Fingerprint,
+    epoch: u32,
+    now_ms: u64,
+) -> Result<u32, StoreError> {
+    let mut removed = 0;
+    // Each pass expires at most one entry; two slots need at most two passes.
+    for _ in 0..2 {
+        let written = tables.records.update(store, identity, |slots| {
+            slots.iter().enumerate().find_map(|(position, slot)| {
+                let Decoded::Record(mut record) = Record::decode(&slot.bytes) else {
+                    return None;
+                };
+                if record.identity != *identity || !record.is_live(now_ms, epoch) {
+                    return None;
+                }
+                record.expires_ms = now_ms;
+                Some(Write {
+                    candidate: position,
+                    bytes: record.encode(),
+                })
+            })
+        })?;
+        if written.is_none() {
+            break;
+        }
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+impl SlotTable {
+    pub fn write_unconditionally<S: SharedStore>(
+        &self,
+        store: &S,
+        index: u32,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        store.set(&self.key(index), bytes, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::fingerprint::{Fingerprinter, KeyParts, Who};
+    use crate::slots::memory::MemoryStore;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn config() -> NegativeCacheConfig {
+        Config::parse(b"{}").unwrap().negative_cache
+    }
+
+    fn small(capacity: u32) -> NegativeCacheConfig {
+        let json = format!(r#"{{"negative_cache": {{"capacity": {capacity}}}}}"#);
+        Config::parse(json.as_bytes()).unwrap().negative_cache
+    }
+
+    struct World {
+        store: MemoryStore,
+        tables: CacheTables,
+        config: NegativeCacheConfig,
+        hasher: Fingerprinter,
+    }
+
+    impl World {
+        fn new(config: NegativeCacheConfig) -> World {
+            let store = MemoryStore::default();
+            let tables = CacheTables::new(config.capacity);
+            tables.records.create_slots(&store).unwrap();
+            World {
+                store,
+                tables,
+                config,
+                hasher: Fingerprinter::from_secret(b"test secret, long enough"),
+            }
+        }
+
+        fn identity(&self, token: &str) -> Fingerprint {
+            self.hasher.identity(
+                b"api.example.com",
+                Who::Credential {
+                    source: "header:authorization",
+                    value: token.as_bytes(),
+                },
+            )
+        }
+
+        fn parts(path: &str) -> KeyParts<'_> {
+            KeyParts {
+                method: "GET",
+                path,
+                query: "",
+                client_ip: "192.0.2.1",
+            }
+        }
+
+        fn save(&self, token: &str, path: &str, status: u16, retry_after: Option<&str>, now: u64) -> StoreOutcome {
+            let plan = plan_store(&self.config, status, false, false, retry_after.map(str::as_bytes), now)
+                .expect("cacheable");
+            let identity = self.identity(token);
+            let key = self.hasher.entry(&identity, plan.shape, &World::parts(path));
+            let record = Record {
+                inactive: plan.inactive,
+                anonymous: false,
+                status,
+                shape: plan.shape.to_bits(),
+                epoch: self.config.epoch,
+                stored_ms: now,
+                expires_ms: plan.expires_ms,
+                reset_ms: plan.reset_ms,
+                identity,
+                key,
+            };
+            let body = ReplayBody {
+                key,
+                stored_ms: now,
+                content_type: Some(b"application/json".to_vec()),
+                www_authenticate: None,
+                body: Some(format!("{{\"token\":\"{token}\"}}").into_bytes()),
+            };
+            store(&self.store, &self.tables, &record, &body).unwrap()
+        }
+
+        fn find(&self, token: &str, path: &str, now: u64) -> Option<(Record, Option<ReplayBody>)> {
+            let identity = self.identity(token);
+            let found = lookup(&self.store, &self.tables, &self.config, &identity, now, |shape| {
+                self.hasher.entry(&identity, shape, &World::parts(path))
+            })
+            .unwrap();
+            found.hit.map(|(index, record)| {
+                let body = load_body(&self.store, &self.tables, index, &record).unwrap();
+                (record, body)
+            })
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_bad_bytes_are_told_apart() {
+        let record = Record {
+            inactive: true,
+            anonymous: false,
+            status: 401,
+            shape: 3,
+            epoch: 7,
+            stored_ms: 1,
+            expires_ms: 2,
+            reset_ms: 3,
+            identity: Fingerprint([1; 16]),
+            key: Fingerprint([2; 16]),
+        };
+        let bytes = record.encode();
+        assert_eq!(bytes.len(), RECORD_LEN);
+        assert_eq!(Record::decode(&bytes), Decoded::Record(record));
+        assert_eq!(Record::decode(b""), Decoded::Empty);
+        assert_eq!(Record::decode(&[9, 1, 2]), Decoded::OtherVersion);
+        assert_eq!(Record::decode(&bytes[..40]), Decoded::Corrupt);
+        let mut bad_status = bytes.clone();
+        bad_status[2] = 200;
+        bad_status[3] = 0;
+        assert_eq!(Record::decode(&bad_status), Decoded::Corrupt);
+    }
+
+    #[test]
+    fn bodies_round_trip_and_reject_truncation() {
+        let body = ReplayBody {
+            key: Fingerprint([5; 16]),
+            stored_ms: 99,
+            content_type: Some(b"text/plain".to_vec()),
+            www_authenticate: Some(b"Bearer".to_vec()),
+            body: None,
+        };
+        let bytes = body.encode();
+        assert_eq!(ReplayBody::decode(&bytes), Some(body));
+        for cut in 0..bytes.len() {
+            assert_eq!(ReplayBody::decode(&bytes[..cut]), None);
+        }
+    }
+
+    #[test]
+    fn plans_follow_status_rules() {
+        let config = config();
+        let plan = plan_store(&config, 401, false, false, None, NOW).unwrap();
+        assert_eq!(plan.expires_ms, NOW + 60_000);
+        assert_eq!(plan.shape, KeyShape::IDENTITY_ONLY);
+        for status in [200, 302, 404, 500, 503, 100] {
+            assert_eq!(plan_store(&config, status, false, false, None, NOW), None, "{status}");
+        }
+        // A 5xx with the inactive marker is still never stored.
+        assert_eq!(plan_store(&config, 503, true, false, None, NOW), None);
+        let inactive = plan_store(&config, 403, true, false, None, NOW).unwrap();
+        assert!(inactive.inactive);
+        assert_eq!(inactive.expires_ms, NOW + 3_600_000);
+        assert_eq!(inactive.shape, KeyShape::IDENTITY_ONLY);
+        // An unlisted 4xx marked inactive is stored too: the marker is about the credential.
+        assert!(plan_store(&config, 404, true, false, None, NOW).unwrap().inactive);
+        // Anonymous requests cannot be inactive and are keyed per request line.
+        let anonymous = plan_store(&config, 401, true, true, None, NOW).unwrap();
+        assert!(!anonymous.inactive);
+        assert!(anonymous.shape.method && anonymous.shape.path && anonymous.shape.query);
+    }
+
+    #[test]
+    fn retry_after_bounds_429_and_is_kept_for_others() {
+        let config = config();
+        let throttled = plan_store(&config, 429, false, false, Some(b"3"), NOW).unwrap();
+        assert_eq!(throttled.expires_ms, NOW + 3_000);
+        assert_eq!(throttled.reset_ms, NOW + 3_000);
+        let long = plan_store(&config, 429, false, false, Some(b"3600"), NOW).unwrap();
+        assert_eq!(long.expires_ms, NOW + 10_000);
+        assert_eq!(plan_store(&config, 429, false, false, Some(b"0"), NOW), None);
+        let unauthorized = plan_store(&config, 401, false, false, Some(b"5"), NOW).unwrap();
+        assert_eq!(unauthorized.expires_ms, NOW + 60_000);
+        assert_eq!(unauthorized.reset_ms, NOW + 5_000);
+        let garbage = plan_store(&config, 429, false, false, Some(b"soon"), NOW).unwrap();
+        assert_eq!((garbage.reset_ms, garbage.expires_ms), (0, NOW + 10_000));
+    }
+
+    #[test]
+    fn a_stored_entry_is_found_until_it_expires() {
+        let world = World::new(config());
+        assert!(world.find("t1", "/a", NOW).is_none());
+        let outcome = world.save("t1", "/a", 401, None, NOW);
+        assert!(outcome.newly_used && !outcome.evicted);
+        let (record, body) = world.find("t1", "/other", NOW + 1).unwrap();
+        assert_eq!(record.status, 401);
+        assert_eq!(body.unwrap().body.unwrap(), b"{\"token\":\"t1\"}");
+        assert!(world.find("t1", "/a", NOW + 59_999).is_some());
+        assert!(world.find("t1", "/a", NOW + 60_000).is_none());
+        assert!(world.find("t2", "/a", NOW + 1).is_none());
+    }
+
+    #[test]
+    fn forbidden_is_per_path_and_epoch_clears() {
+        let mut world = World::new(config());
+        world.save("t1", "/admin", 403, None, NOW);
+        assert!(world.find("t1", "/admin", NOW + 1).is_some());
+        assert!(world.find("t1", "/public", NOW + 1).is_none());
+        world.config.epoch = 1;
+        assert!(world.find("t1", "/admin", NOW + 1).is_none());
+    }
+
+    #[test]
+    fn a_changed_rule_shape_makes_old_entries_misses() {
+        let mut world = World::new(config());
+        world.save("t1", "/a", 401, None, NOW);
+        world.config = Config::parse(
+            br#"{"negative_cache": {"statuses": {"401": {"ttl_seconds": 5, "key": ["identity", "path"]}}}}"#,
+        )
+        .unwrap()
+        .negative_cache;
+        assert!(world.find("t1", "/a", NOW + 1).is_none());
+    }
+
+    #[test]
+    fn a_body_of_another_entry_is_never_replayed() {
+        let world = World::new(config());
+        world.save("t1", "/a", 401, None, NOW);
+        let identity = world.identity("t1");
+        let [index, _] = world.tables.records.candidates(&identity);
+        let foreign = ReplayBody {
+            key: Fingerprint([9; 16]),
+            stored_ms: NOW,
+            body: Some(b"someone else".to_vec()),
+            ..ReplayBody::default()
+        };
+        world
+            .tables
+            .bodies
+            .write_unconditionally(&world.store, index, &foreign.encode())
+            .unwrap();
+        let (_, body) = world.find("t1", "/a", NOW + 1).unwrap();
+        assert_eq!(body, None);
+    }
+
+    #[test]
+    fn a_full_table_evicts_and_stays_bounded() {
+        let world = World::new(small(8));
+        let mut evictions = 0;
+        let mut used = 0;
+        for n in 0..500 {
+            let outcome = world.save(&format!("token-{n}"), "/", 401, None, NOW + n);
+            evictions += u32::from(outcome.evicted);
+            used += u32::from(outcome.newly_used);
+        }
+        assert!(evictions > 400, "{evictions}");
+        assert_eq!(used, 8);
+        // 8 records, at most 8 bodies, and the creation marker.
+        assert!(world.store.keys() <= 2 * 8 + 1, "{}", world.store.keys());
+        assert!(world.find("token-499", "/", NOW + 500).is_some());
+    }
+
+    #[test]
+    fn storing_the_same_key_again_replaces_it() {
+        let world = World::new(small(8));
+        world.save("t1", "/", 401, None, NOW);
+        let again = world.save("t1", "/", 401, None, NOW + 10);
+        assert!(!again.evicted && !again.newly_used);
+        assert_eq!(world.find("t1", "/", NOW + 11).unwrap().0.stored_ms, NOW + 10);
+    }
+
+    #[test]
+    fn corrupt_slots_are_misses_and_get_overwritten() {
+        let world = World::new(config());
+        let identity = world.identity("t1");
+        for index in world.tables.records.candidates(&identity) {
+            world.store.put(&world.tables.records.key(index), &[RECORD_VERSION, 1, 2, 3]);
+        }
+        let found = lookup(&world.store, &world.tables, &world.config, &identity, NOW, |_| {
+            Fingerprint::default()
+        })
+        .unwrap();
+        assert!(found.hit.is_none() && found.corrupt);
+        let outcome = world.save("t1", "/", 401, None, NOW);
+        assert!(outcome.corrupt && !outcome.evicted);
+        assert!(world.find("t1", "/", NOW + 1).is_some());
+    }
+
+    #[test]
+    fn purge_removes_every_entry_of_the_identity_only() {
+        let world = World::new(config());
+        world.save("t1", "/a", 401, None, NOW);
+        world.save("t1", "/b", 403, None, NOW);
+        world.save("t2", "/a", 401, None, NOW);
+        let removed = purge(&world.store, &world.tables, &world.identity("t1"), 0, NOW + 1).unwrap();
+        assert_eq!(removed, 2);
+        assert!(world.find("t1", "/a", NOW + 2).is_none());
+        assert!(world.find("t1", "/b", NOW + 2).is_none());
+        assert!(world.find("t2", "/a", NOW + 2).is_some());
+        assert_eq!(purge(&world.store, &world.tables, &world.identity("t1"), 0, NOW + 3).unwrap(), 0);
+    }
+
+    #[test]
+    fn concurrent_writers_are_retried_not_lost() {
+        let world = World::new(config());
+        world.store.conflicts.set(3);
+        world.save("t1", "/", 401, None, NOW);
+        assert!(world.find("t1", "/", NOW + 1).is_some());
+    }
+}
