@@ -421,7 +421,10 @@ impl RawNegativeCache {
             None => None,
             Some(raw) => Some(InactiveRule {
                 header: check_header_name("negative_cache.inactive.header".into(), &raw.header)?,
-                ttl_ms: check_ttl("negative_cache.inactive.ttl_seconds".into(), raw.ttl_seconds)?,
+                ttl_ms: check_ttl(
+                    "negative_cache.inactive.ttl_seconds".into(),
+                    raw.ttl_seconds,
+                )?,
             }),
         };
 
@@ -495,10 +498,7 @@ mod tests {
             assert_eq!(cache.capacity, 16_384);
             assert_eq!(cache.max_body_bytes, 2_048);
             assert_eq!(cache.rule_for(401).unwrap().ttl_ms, 60_000);
-            assert_eq!(
-                cache.rule_for(401).unwrap().shape,
-                KeyShape::IDENTITY_ONLY
-            );
+            assert_eq!(cache.rule_for(401).unwrap().shape, KeyShape::IDENTITY_ONLY);
             let forbidden = cache.rule_for(403).unwrap();
             assert_eq!(forbidden.ttl_ms, 10_000);
             assert!(forbidden.shape.method && forbidden.shape.path && !forbidden.shape.client_ip);
@@ -538,8 +538,8 @@ mod tests {
 
     #[test]
     fn statuses_replace_the_default_map() {
-        let config = parse(r#"{"negative_cache": {"statuses": {"404": {"ttl_seconds": 30}}}}"#)
-            .unwrap();
+        let config =
+            parse(r#"{"negative_cache": {"statuses": {"404": {"ttl_seconds": 30}}}}"#).unwrap();
         let cache = config.negative_cache;
         assert_eq!(cache.statuses.len(), 1);
         assert_eq!(cache.rule_for(404).unwrap().ttl_ms, 30_000);

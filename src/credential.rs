@@ -130,14 +130,22 @@ mod tests {
     #[test]
     fn sources_are_tried_in_order_and_first_present_wins() {
         let cases: Vec<(Vec<(&str, &[u8])>, &str, Option<(usize, &[u8])>)> = vec![
-            (vec![("authorization", b"Bearer a")], "/", Some((0, b"Bearer a"))),
+            (
+                vec![("authorization", b"Bearer a")],
+                "/",
+                Some((0, b"Bearer a")),
+            ),
             (
                 vec![("x-api-key", b"k"), ("authorization", b"Basic dTpw")],
                 "/",
                 Some((0, b"Basic dTpw")),
             ),
             (vec![("x-api-key", b"k")], "/", Some((1, b"k"))),
-            (vec![("cookie", b"a=1; sessionid=s1; b=2")], "/", Some((2, b"s1"))),
+            (
+                vec![("cookie", b"a=1; sessionid=s1; b=2")],
+                "/",
+                Some((2, b"s1")),
+            ),
             (vec![], "/x?api_key=q%31&y=2", Some((3, b"q1"))),
             (vec![], "/x?api_key=a+b", Some((3, b"a b"))),
             (vec![], "/seg1/manifest.json", Some((4, b"seg1"))),
@@ -154,13 +162,21 @@ mod tests {
         let cases: Vec<(Vec<(&str, &[u8])>, &str, Option<(usize, &[u8])>)> = vec![
             // A header on two lines is skipped; the next source is used.
             (
-                vec![("authorization", b"a"), ("authorization", b"b"), ("x-api-key", b"k")],
+                vec![
+                    ("authorization", b"a"),
+                    ("authorization", b"b"),
+                    ("x-api-key", b"k"),
+                ],
                 "/",
                 Some((1, b"k")),
             ),
             (vec![("authorization", b"")], "/", None),
             (vec![("authorization", b"   ")], "/", None),
-            (vec![("cookie", b"sessionid=a"), ("cookie", b"sessionid=b")], "/", None),
+            (
+                vec![("cookie", b"sessionid=a"), ("cookie", b"sessionid=b")],
+                "/",
+                None,
+            ),
             (vec![("cookie", b"sessionid=")], "/", None),
             (vec![("cookie", b"sessionidx=a; xsessionid=b")], "/", None),
             (vec![("cookie", b";;=;sessionid")], "/", None),
@@ -179,6 +195,9 @@ mod tests {
     #[test]
     fn binary_values_are_kept_as_bytes() {
         let value: &[u8] = b"Bearer \xff\xfe";
-        assert_eq!(find(&[("authorization", value)], "/"), Some((0, value.to_vec())));
+        assert_eq!(
+            find(&[("authorization", value)], "/"),
+            Some((0, value.to_vec()))
+        );
     }
 }

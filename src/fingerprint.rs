@@ -67,6 +67,11 @@ impl Fingerprinter {
         }
     }
 
+    /// The derived key, to tell whether two fingerprinters agree.
+    pub fn key_bytes(&self) -> [u8; 16] {
+        self.key
+    }
+
     fn hasher(&self, domain: &[u8]) -> SipHasher13 {
         let mut hasher = SipHasher13::new_with_key(&self.key);
         write_part(&mut hasher, domain);
@@ -92,7 +97,12 @@ impl Fingerprinter {
     }
 
     /// The fingerprint of one entry: an identity plus the parts its status is keyed on.
-    pub fn entry(&self, identity: &Fingerprint, shape: KeyShape, parts: &KeyParts<'_>) -> Fingerprint {
+    pub fn entry(
+        &self,
+        identity: &Fingerprint,
+        shape: KeyShape,
+        parts: &KeyParts<'_>,
+    ) -> Fingerprint {
         let mut hasher = self.hasher(ENTRY_DOMAIN);
         hasher.write(&identity.0);
         hasher.write_u8(shape.to_bits());
@@ -153,24 +163,51 @@ mod tests {
         let b = Fingerprinter::from_secret(b"another secret of 16+ bytes")
             .identity(b"host", cred("header:authorization", b"t"));
         assert_ne!(a, b);
-        assert_eq!(a, fp().identity(b"host", cred("header:authorization", b"t")));
+        assert_eq!(
+            a,
+            fp().identity(b"host", cred("header:authorization", b"t"))
+        );
     }
 
     #[test]
     fn entries_use_only_the_parts_of_their_shape() {
         let f = fp();
         let id = f.identity(b"h", cred("s", b"v"));
-        let get_a = KeyParts { method: "GET", path: "/a", query: "x=1", client_ip: "1.2.3.4" };
-        let post_b = KeyParts { method: "POST", path: "/b", query: "", client_ip: "5.6.7.8" };
+        let get_a = KeyParts {
+            method: "GET",
+            path: "/a",
+            query: "x=1",
+            client_ip: "1.2.3.4",
+        };
+        let post_b = KeyParts {
+            method: "POST",
+            path: "/b",
+            query: "",
+            client_ip: "5.6.7.8",
+        };
         let only = KeyShape::IDENTITY_ONLY;
         assert_eq!(f.entry(&id, only, &get_a), f.entry(&id, only, &post_b));
-        let by_path = KeyShape { method: true, path: true, ..KeyShape::IDENTITY_ONLY };
-        assert_ne!(f.entry(&id, by_path, &get_a), f.entry(&id, by_path, &post_b));
+        let by_path = KeyShape {
+            method: true,
+            path: true,
+            ..KeyShape::IDENTITY_ONLY
+        };
+        assert_ne!(
+            f.entry(&id, by_path, &get_a),
+            f.entry(&id, by_path, &post_b)
+        );
         // The same parts under two shapes are two keys.
         assert_ne!(f.entry(&id, only, &get_a), f.entry(&id, by_path, &get_a));
         // Moving bytes between parts changes the key.
-        let split1 = KeyParts { method: "GE", path: "T/a", ..get_a };
-        assert_ne!(f.entry(&id, by_path, &get_a), f.entry(&id, by_path, &split1));
+        let split1 = KeyParts {
+            method: "GE",
+            path: "T/a",
+            ..get_a
+        };
+        assert_ne!(
+            f.entry(&id, by_path, &get_a),
+            f.entry(&id, by_path, &split1)
+        );
     }
 
     #[test]

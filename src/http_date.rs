@@ -27,7 +27,13 @@ pub fn parse_http_date(text: &str) -> Option<u64> {
             let mut fields = date.split('-');
             let (day, month, year) = (fields.next()?, fields.next()?, fields.next()?);
             let year: i64 = year.parse().ok()?;
-            let year = if year < 70 { 2000 + year } else if year < 100 { 1900 + year } else { year };
+            let year = if year < 70 {
+                2000 + year
+            } else if year < 100 {
+                1900 + year
+            } else {
+                year
+            };
             (day, month, year, *time)
         }
         // asctime: Sun Nov  6 08:49:37 1994
@@ -75,7 +81,10 @@ mod tests {
         assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), expected);
         assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), expected);
         assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
-        assert_eq!(parse_http_date("Tue, 29 Feb 2028 12:00:00 GMT"), Some(1_835_438_400));
+        assert_eq!(
+            parse_http_date("Tue, 29 Feb 2028 12:00:00 GMT"),
+            Some(1_835_438_400)
+        );
     }
 
     #[test]

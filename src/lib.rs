@@ -7,7 +7,22 @@ pub mod credential;
 pub mod fingerprint;
 pub mod header_name;
 pub mod http_date;
+pub mod metrics;
 pub mod negative_cache;
 pub mod path;
+pub mod reply;
 pub mod request;
+pub mod runtime;
+pub mod secret;
 pub mod slots;
+
+#[cfg(target_arch = "wasm32")]
+mod host;
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::<host::NegcacheRoot>::default()
+    });
+}}

@@ -305,14 +305,15 @@ pub struct Lookup {
 }
 
 /// Finds a live entry of `identity` whose key, recomputed for this request with the shape its
-/// status is keyed on, matches. `key_for` is called only for records of this identity.
+/// status is keyed on, matches. `key_for` is called only for records of this identity, and
+/// returns `None` when the request lacks a part the shape needs (an unresolved client IP).
 pub fn lookup<S: SharedStore>(
     store: &S,
     tables: &CacheTables,
     config: &NegativeCacheConfig,
     identity: &Fingerprint,
     now_ms: u64,
-    mut key_for: impl FnMut(KeyShape) -> Fingerprint,
+    mut key_for: impl FnMut(KeyShape) -> Option<Fingerprint>,
 ) -> Result<Lookup, StoreError> {
     let mut result = Lookup::default();
     let candidates = tables.records.candidates(identity);
@@ -337,7 +338,7 @@ pub fn lookup<S: SharedStore>(
         if shape.to_bits() != record.shape {
             continue;
         }
-        if key_for(shape) == record.key {
+        if key_for(shape) == Some(record.key) {
             result.hit = Some((index, record));
             return Ok(result);
         }
@@ -529,11 +530,27 @@ mod tests {
             }
         }
 
-        fn save(&self, token: &str, path: &str, status: u16, retry_after: Option<&str>, now: u64) -> StoreOutcome {
-            let plan = plan_store(&self.config, status, false, false, retry_after.map(str::as_bytes), now)
-                .expect("cacheable");
+        fn save(
+            &self,
+            token: &str,
+            path: &str,
+            status: u16,
+            retry_after: Option<&str>,
+            now: u64,
+        ) -> StoreOutcome {
+            let plan = plan_store(
+                &self.config,
+                status,
+                false,
+                false,
+                retry_after.map(str::as_bytes),
+                now,
+            )
+            .expect("cacheable");
             let identity = self.identity(token);
-            let key = self.hasher.entry(&identity, plan.shape, &World::parts(path));
+            let key = self
+                .hasher
+                .entry(&identity, plan.shape, &World::parts(path));
             let record = Record {
                 inactive: plan.inactive,
                 anonymous: false,
@@ -558,9 +575,14 @@ mod tests {
 
         fn find(&self, token: &str, path: &str, now: u64) -> Option<(Record, Option<ReplayBody>)> {
             let identity = self.identity(token);
-            let found = lookup(&self.store, &self.tables, &self.config, &identity, now, |shape| {
-                self.hasher.entry(&identity, shape, &World::parts(path))
-            })
+            let found = lookup(
+                &self.store,
+                &self.tables,
+                &self.config,
+                &identity,
+                now,
+                |shape| Some(self.hasher.entry(&identity, shape, &World::parts(path))),
+            )
             .unwrap();
             found.hit.map(|(index, record)| {
                 let body = load_body(&self.store, &self.tables, index, &record).unwrap();
@@ -618,7 +640,11 @@ mod tests {
         assert_eq!(plan.expires_ms, NOW + 60_000);
         assert_eq!(plan.shape, KeyShape::IDENTITY_ONLY);
         for status in [200, 302, 404, 500, 503, 100] {
-            assert_eq!(plan_store(&config, status, false, false, None, NOW), None, "{status}");
+            assert_eq!(
+                plan_store(&config, status, false, false, None, NOW),
+                None,
+                "{status}"
+            );
         }
         // A 5xx with the inactive marker is still never stored.
         assert_eq!(plan_store(&config, 503, true, false, None, NOW), None);
@@ -627,7 +653,11 @@ mod tests {
         assert_eq!(inactive.expires_ms, NOW + 3_600_000);
         assert_eq!(inactive.shape, KeyShape::IDENTITY_ONLY);
         // An unlisted 4xx marked inactive is stored too: the marker is about the credential.
-        assert!(plan_store(&config, 404, true, false, None, NOW).unwrap().inactive);
+        assert!(
+            plan_store(&config, 404, true, false, None, NOW)
+                .unwrap()
+                .inactive
+        );
         // Anonymous requests cannot be inactive and are keyed per request line.
         let anonymous = plan_store(&config, 401, true, true, None, NOW).unwrap();
         assert!(!anonymous.inactive);
@@ -642,7 +672,10 @@ mod tests {
         assert_eq!(throttled.reset_ms, NOW + 3_000);
         let long = plan_store(&config, 429, false, false, Some(b"3600"), NOW).unwrap();
         assert_eq!(long.expires_ms, NOW + 10_000);
-        assert_eq!(plan_store(&config, 429, false, false, Some(b"0"), NOW), None);
+        assert_eq!(
+            plan_store(&config, 429, false, false, Some(b"0"), NOW),
+            None
+        );
         let unauthorized = plan_store(&config, 401, false, false, Some(b"5"), NOW).unwrap();
         assert_eq!(unauthorized.expires_ms, NOW + 60_000);
         assert_eq!(unauthorized.reset_ms, NOW + 5_000);
@@ -730,7 +763,10 @@ mod tests {
         world.save("t1", "/", 401, None, NOW);
         let again = world.save("t1", "/", 401, None, NOW + 10);
         assert!(!again.evicted && !again.newly_used);
-        assert_eq!(world.find("t1", "/", NOW + 11).unwrap().0.stored_ms, NOW + 10);
+        assert_eq!(
+            world.find("t1", "/", NOW + 11).unwrap().0.stored_ms,
+            NOW + 10
+        );
     }
 
     #[test]
@@ -738,11 +774,18 @@ mod tests {
         let world = World::new(config());
         let identity = world.identity("t1");
         for index in world.tables.records.candidates(&identity) {
-            world.store.put(&world.tables.records.key(index), &[RECORD_VERSION, 1, 2, 3]);
+            world
+                .store
+                .put(&world.tables.records.key(index), &[RECORD_VERSION, 1, 2, 3]);
         }
-        let found = lookup(&world.store, &world.tables, &world.config, &identity, NOW, |_| {
-            Fingerprint::default()
-        })
+        let found = lookup(
+            &world.store,
+            &world.tables,
+            &world.config,
+            &identity,
+            NOW,
+            |_| Some(Fingerprint::default()),
+        )
         .unwrap();
         assert!(found.hit.is_none() && found.corrupt);
         let outcome = world.save("t1", "/", 401, None, NOW);
@@ -756,12 +799,29 @@ mod tests {
         world.save("t1", "/a", 401, None, NOW);
         world.save("t1", "/b", 403, None, NOW);
         world.save("t2", "/a", 401, None, NOW);
-        let removed = purge(&world.store, &world.tables, &world.identity("t1"), 0, NOW + 1).unwrap();
+        let removed = purge(
+            &world.store,
+            &world.tables,
+            &world.identity("t1"),
+            0,
+            NOW + 1,
+        )
+        .unwrap();
         assert_eq!(removed, 2);
         assert!(world.find("t1", "/a", NOW + 2).is_none());
         assert!(world.find("t1", "/b", NOW + 2).is_none());
         assert!(world.find("t2", "/a", NOW + 2).is_some());
-        assert_eq!(purge(&world.store, &world.tables, &world.identity("t1"), 0, NOW + 3).unwrap(), 0);
+        assert_eq!(
+            purge(
+                &world.store,
+                &world.tables,
+                &world.identity("t1"),
+                0,
+                NOW + 3
+            )
+            .unwrap(),
+            0
+        );
     }
 
     #[test]

@@ -151,7 +151,10 @@ mod tests {
     #[test]
     fn segments_and_query() {
         assert_eq!(segment("/tok123/manifest.json", 0), Some("tok123"));
-        assert_eq!(segment("/tok123/manifest.json?x=1", 1), Some("manifest.json"));
+        assert_eq!(
+            segment("/tok123/manifest.json?x=1", 1),
+            Some("manifest.json")
+        );
         assert_eq!(segment("/tok123", 1), None);
         assert_eq!(segment("//x", 0), None);
         assert_eq!(segment("/", 0), None);

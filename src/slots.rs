@@ -297,10 +297,7 @@ mod tests {
         let store = MemoryStore::default();
         let table = SlotTable::new("t", 8);
         store.fail_host.set(true);
-        assert_eq!(
-            table.read_candidates(&store, &fp(1)),
-            Err(StoreError::Host)
-        );
+        assert_eq!(table.read_candidates(&store, &fp(1)), Err(StoreError::Host));
         assert!(table.update(&store, &fp(1), append(b'a')).is_err());
     }
 }

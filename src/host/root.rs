@@ -1,0 +1,124 @@
+//! The root context: configuration, the fingerprint secret, slot creation, metrics.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use log::{error, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType};
+
+use super::http::NegcacheHttp;
+use super::metrics::Metrics;
+use super::store::EnvoyStore;
+use crate::config::{Config, ConfigError, SecretSource};
+use crate::runtime::Runtime;
+use crate::secret;
+
+/// How often a VM using the generated secret re-reads it: heals the (start-up only) case of two
+/// VMs creating it at once.
+const SECRET_RECHECK: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+pub struct NegcacheRoot {
+    runtime: Option<Rc<Runtime>>,
+    metrics: Rc<Metrics>,
+    generated_secret: bool,
+}
+
+impl Context for NegcacheRoot {}
+
+impl RootContext for NegcacheRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match configure(&bytes) {
+            Ok((runtime, generated_secret)) => {
+                self.metrics = Rc::new(Metrics::define());
+                if let Err(e) = runtime.tables.records.create_slots(&EnvoyStore) {
+                    warn!("negcache: could not create the cache slots: {e:?}");
+                }
+                self.generated_secret = generated_secret;
+                if generated_secret {
+                    let _ = hostcalls::set_tick_period(SECRET_RECHECK);
+                }
+                self.runtime = Some(Rc::new(runtime));
+                true
+            }
+            Err(e) => {
+                error!("{e}");
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let Some(runtime) = &self.runtime else {
+            return;
+        };
+        if !self.generated_secret {
+            return;
+        }
+        if let Ok(Some(shared)) = secret::current(&EnvoyStore) {
+            let current = crate::fingerprint::Fingerprinter::from_secret(&shared);
+            if current.key_bytes() != runtime.hasher.key_bytes() {
+                info!("negcache: adopting the process secret another VM created");
+                self.runtime = Some(Rc::new(runtime.with_secret(&shared)));
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(NegcacheHttp::new(
+            self.runtime.clone(),
+            self.metrics.clone(),
+        )))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Parses the configuration and settles the secret. Returns whether the secret is the
+/// generated process secret (then it is re-checked on ticks).
+fn configure(bytes: &[u8]) -> Result<(Runtime, bool), ConfigError> {
+    let config = Config::parse(bytes)?;
+    let (secret, generated) = match &config.secret {
+        SecretSource::Inline(secret) => (secret.clone(), false),
+        SecretSource::Env(name) => match std::env::var(name) {
+            Ok(value) if value.len() >= 16 => (value.into_bytes(), false),
+            Ok(_) => {
+                return Err(ConfigError {
+                    field: "hash_secret_env".into(),
+                    reason: format!("environment variable {name} must hold at least 16 bytes"),
+                })
+            }
+            Err(_) => {
+                return Err(ConfigError {
+                    field: "hash_secret_env".into(),
+                    reason: format!(
+                        "environment variable {name} is not set in the VM \
+                         (pass it with vm_config.environment_variables)"
+                    ),
+                })
+            }
+        },
+        SecretSource::Generated => {
+            let secret = secret::agree(&EnvoyStore, random_secret).map_err(|e| ConfigError {
+                field: String::new(),
+                reason: format!("could not create the process secret in shared data: {e:?}"),
+            })?;
+            (secret, true)
+        }
+    };
+    Ok((Runtime::new(config, &secret), generated))
+}
+
+fn random_secret() -> Option<[u8; secret::SECRET_LEN]> {
+    let mut bytes = [0u8; secret::SECRET_LEN];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(bytes)
+}

@@ -1,0 +1,158 @@
+//! The replies the filter sends itself, in one place.
+
+use crate::negative_cache::{Record, ReplayBody};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Seconds left until `reset_ms`, rounded up and never 0: a client told "0" retries at once.
+pub fn seconds_until(reset_ms: u64, now_ms: u64) -> u64 {
+    reset_ms.saturating_sub(now_ms).div_ceil(1000).max(1)
+}
+
+/// A cache hit: the stored status, body, `content-type` and `www-authenticate`, plus `x-negcache:
+/// hit`, `age`, and `retry-after` counting down to the upstream's reset time. When the upstream's
+/// body was not kept, a short JSON body of the filter's own stands in for it.
+pub fn cache_hit(record: &Record, replay: &ReplayBody, now_ms: u64) -> LocalReply {
+    let mut headers = Vec::with_capacity(5);
+    let body = match &replay.body {
+        Some(body) => {
+            if let Some(content_type) = text(replay.content_type.as_deref()) {
+                headers.push(("content-type".to_string(), content_type));
+            }
+            body.clone()
+        }
+        None => {
+            headers.push(("content-type".to_string(), "application/json".to_string()));
+            format!(
+                "{{\"error\":\"cached upstream response\",\"status\":{}}}",
+                record.status
+            )
+            .into_bytes()
+        }
+    };
+    if let Some(challenge) = text(replay.www_authenticate.as_deref()) {
+        headers.push(("www-authenticate".to_string(), challenge));
+    }
+    headers.push(("x-negcache".to_string(), "hit".to_string()));
+    let age = now_ms.saturating_sub(record.stored_ms) / 1000;
+    headers.push(("age".to_string(), age.to_string()));
+    if record.reset_ms != 0 {
+        headers.push((
+            "retry-after".to_string(),
+            seconds_until(record.reset_ms, now_ms).to_string(),
+        ));
+    }
+    LocalReply {
+        status: record.status,
+        headers,
+        body,
+    }
+}
+
+/// Header values are replayed only when they are printable text.
+fn text(value: Option<&[u8]>) -> Option<String> {
+    let value = std::str::from_utf8(value?).ok()?;
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
+        .then(|| value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::Fingerprint;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn record(reset_ms: u64) -> Record {
+        Record {
+            inactive: false,
+            anonymous: false,
+            status: 401,
+            shape: 0,
+            epoch: 0,
+            stored_ms: NOW - 2_500,
+            expires_ms: NOW + 60_000,
+            reset_ms,
+            identity: Fingerprint([1; 16]),
+            key: Fingerprint([2; 16]),
+        }
+    }
+
+    fn header<'a>(reply: &'a LocalReply, name: &str) -> Option<&'a str> {
+        reply
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn a_hit_replays_what_was_stored() {
+        let replay = ReplayBody {
+            content_type: Some(b"application/problem+json".to_vec()),
+            www_authenticate: Some(b"Bearer realm=\"api\"".to_vec()),
+            body: Some(b"{\"detail\":\"bad token\"}".to_vec()),
+            ..ReplayBody::default()
+        };
+        let reply = cache_hit(&record(0), &replay, NOW);
+        assert_eq!(reply.status, 401);
+        assert_eq!(reply.body, b"{\"detail\":\"bad token\"}");
+        assert_eq!(
+            header(&reply, "content-type"),
+            Some("application/problem+json")
+        );
+        assert_eq!(
+            header(&reply, "www-authenticate"),
+            Some("Bearer realm=\"api\"")
+        );
+        assert_eq!(header(&reply, "x-negcache"), Some("hit"));
+        assert_eq!(header(&reply, "age"), Some("2"));
+        assert_eq!(header(&reply, "retry-after"), None);
+    }
+
+    #[test]
+    fn retry_after_counts_down_and_never_says_zero() {
+        let replay = ReplayBody::default();
+        let at = |reset: u64| {
+            let reply = cache_hit(&record(reset), &replay, NOW);
+            header(&reply, "retry-after").map(str::to_string)
+        };
+        assert_eq!(at(NOW + 10_000).as_deref(), Some("10"));
+        assert_eq!(at(NOW + 9_001).as_deref(), Some("10"));
+        assert_eq!(at(NOW + 1).as_deref(), Some("1"));
+        assert_eq!(at(NOW - 5_000).as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn a_body_not_kept_is_replaced_by_the_filters_own() {
+        let replay = ReplayBody {
+            content_type: Some(b"text/html".to_vec()),
+            ..ReplayBody::default()
+        };
+        let reply = cache_hit(&record(0), &replay, NOW);
+        assert_eq!(header(&reply, "content-type"), Some("application/json"));
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["status"], 401);
+        assert_eq!(body["error"], "cached upstream response");
+    }
+
+    #[test]
+    fn unprintable_header_values_are_dropped() {
+        let replay = ReplayBody {
+            www_authenticate: Some(b"Bearer\x01".to_vec()),
+            content_type: Some(b"\xff".to_vec()),
+            body: Some(Vec::new()),
+            ..ReplayBody::default()
+        };
+        let reply = cache_hit(&record(0), &replay, NOW);
+        assert_eq!(header(&reply, "www-authenticate"), None);
+        assert_eq!(header(&reply, "content-type"), None);
+    }
+}
