@@ -1,0 +1,81 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Smoke tests of the end-to-end harness itself, with a plain Envoy (no
+//! wasm filter): if these fail, the filter's end-to-end tests prove nothing.
+
+mod common;
+
+use common::{Envoy, EnvoyOptions, Response, Upstream};
+
+#[test]
+fn request_reaches_upstream_and_connections_spread_over_both_workers() {
+    let upstream = Upstream::start(|req| {
+        if req.path_only() == "/healthz" {
+            Response::ok().text("ok")
+        } else {
+            Response::new(401)
+                .header("www-authenticate", "Bearer")
+                .json(r#"{"error":"invalid token"}"#)
+        }
+    });
+    let envoy = Envoy::start(EnvoyOptions::without_filter(upstream.port()));
+
+    let resp = envoy.get("/api/me?x=1", &[("authorization", "Bearer wrong")]);
+    assert_eq!(resp.status, 401);
+    assert!(resp.complete);
+    assert_eq!(resp.header("WWW-Authenticate"), Some("Bearer"));
+    assert_eq!(resp.json()["error"], "invalid token");
+    assert_eq!(upstream.count(), 1);
+    let seen = &upstream.requests()[0];
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.path, "/api/me?x=1");
+    assert_eq!(seen.header("authorization"), Some("Bearer wrong"));
+
+    // A fresh connection per request: the kernel spreads them over the
+    // workers' listen sockets.
+    for _ in 0..40 {
+        assert_eq!(envoy.get("/healthz", &[]).status, 200);
+    }
+    assert_eq!(upstream.count(), 41);
+    assert_eq!(upstream.count_where(|r| r.path == "/healthz"), 40);
+    let (w0, w1) = envoy.worker_connections();
+    assert!(
+        w0 > 0 && w1 > 0,
+        "connections per worker: {w0} and {w1}, expected both > 0"
+    );
+    assert_eq!(envoy.stat("http.ingress_http.downstream_rq_total"), 41);
+
+    let entries = envoy.wait_access_log(41);
+    assert_eq!(entries[0].method, "GET");
+    assert_eq!(entries[0].path, "/api/me?x=1");
+    assert_eq!(entries[0].status, 401);
+    assert_eq!(entries[0].decision, None, "no filter, no decision");
+}
+
+#[test]
+fn upstream_bodies_chunks_and_early_end_reach_the_client() {
+    let upstream = Upstream::start(|req| match req.path.as_str() {
+        "/echo" => Response::ok().body(req.body.clone()),
+        "/chunked" => Response::ok().text("").chunked(&["one,", "two,", "three"]),
+        "/truncated" => Response::ok().body("only part").truncated(1000),
+        _ => Response::new(404),
+    });
+    let envoy = Envoy::start(EnvoyOptions::without_filter(upstream.port()));
+
+    let resp = envoy.request_with_body("POST", "/echo", &[], b"hello body");
+    assert_eq!((resp.status, resp.body_str().as_str()), (200, "hello body"));
+    assert_eq!(upstream.requests()[0].body, b"hello body");
+
+    let resp = envoy.get("/chunked", &[]);
+    assert_eq!(resp.status, 200);
+    assert!(resp.complete);
+    assert_eq!(resp.body_str(), "one,two,three");
+
+    let resp = envoy.get("/truncated", &[]);
+    assert_eq!(resp.status, 200);
+    assert!(!resp.complete, "body should end early: {resp:?}");
+
+    // Keep-alive on the client side too.
+    let mut conn = envoy.connect();
+    assert_eq!(conn.get("/echo", &[]).status, 200);
+    assert_eq!(conn.get("/nope", &[]).status, 404);
+}
