@@ -21,17 +21,26 @@ pub fn agree<S: SharedStore>(
     store: &S,
     fresh: impl FnOnce() -> Option<[u8; SECRET_LEN]>,
 ) -> Result<Vec<u8>, SecretError> {
-    if let Some(secret) = current(store)? {
-        return Ok(secret);
+    let candidate = match current(store)? {
+        Some(secret) => return Ok(secret),
+        None => fresh().ok_or(SecretError::NoRandomness)?,
+    };
+    for _ in 0..MAX_ATTEMPTS {
+        let cas = match store.get(SECRET_KEY)? {
+            Some((bytes, _)) if bytes.len() == SECRET_LEN => return Ok(bytes),
+            Some((_, cas)) => cas,
+            None => 0,
+        };
+        match store.set(SECRET_KEY, &candidate, cas) {
+            Ok(()) => return Ok(current(store)?.unwrap_or_else(|| candidate.to_vec())),
+            Err(StoreError::CasMismatch) => continue,
+            Err(StoreError::Host) => return Err(SecretError::Store),
+        }
     }
-    let cas = store.get(SECRET_KEY)?.map_or(0, |(_, cas)| cas);
-    let candidate = fresh().ok_or(SecretError::NoRandomness)?;
-    match store.set(SECRET_KEY, &candidate, cas) {
-        Ok(()) | Err(StoreError::CasMismatch) => {}
-        Err(StoreError::Host) => return Err(SecretError::Store),
-    }
-    current(store)?.ok_or(SecretError::Store)
+    Err(SecretError::Store)
 }
+
+const MAX_ATTEMPTS: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecretError {
