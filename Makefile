@@ -20,7 +20,8 @@ WASM          := target/$(WASM_TARGET)/release/negcache.wasm
 .PHONY: setup build run test lint fmt clean
 
 setup:
-	@if ! rustup target list --installed | grep -qx '$(WASM_TARGET)'; then \
+	@installed="$$(rustup target list --installed)"; \
+	if ! grep -qx '$(WASM_TARGET)' <<< "$$installed"; then \
 	  echo "setup: adding rust target $(WASM_TARGET)"; \
 	  rustup target add $(WASM_TARGET); \
 	fi
