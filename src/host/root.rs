@@ -30,6 +30,11 @@ impl Context for NegcacheRoot {}
 
 impl RootContext for NegcacheRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        // Follow Envoy's level for the wasm component, so `--component-log-level wasm:debug`
+        // shows the filter's debug lines and the default costs nothing.
+        if let Ok(level) = hostcalls::get_log_level() {
+            proxy_wasm::set_log_level(level);
+        }
         let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
             .ok()
             .flatten()
