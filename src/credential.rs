@@ -102,6 +102,9 @@ mod tests {
     use super::*;
     use crate::request::HeaderLines;
 
+    /// Request headers, path, and the (source, value) expected.
+    type Case<'a> = (Vec<(&'a str, &'a [u8])>, &'a str, Option<(usize, &'a [u8])>);
+
     fn sources() -> Vec<CredentialSource> {
         vec![
             CredentialSource::Header("authorization".into()),
@@ -129,7 +132,7 @@ mod tests {
 
     #[test]
     fn sources_are_tried_in_order_and_first_present_wins() {
-        let cases: Vec<(Vec<(&str, &[u8])>, &str, Option<(usize, &[u8])>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 vec![("authorization", b"Bearer a")],
                 "/",
@@ -159,7 +162,7 @@ mod tests {
 
     #[test]
     fn ambiguous_or_empty_values_count_as_absent() {
-        let cases: Vec<(Vec<(&str, &[u8])>, &str, Option<(usize, &[u8])>)> = vec![
+        let cases: Vec<Case> = vec![
             // A header on two lines is skipped; the next source is used.
             (
                 vec![
