@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::header_name::is_valid_header_name;
+use ipnet::IpNet;
 
 const MAX_TTL_SECONDS: u64 = 7 * 24 * 3600;
 const MAX_CAPACITY: u32 = 1_048_576;
@@ -155,12 +156,51 @@ pub enum SecretSource {
     Generated,
 }
 
+/// A header that may name the client, and which edges it is believed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIpHeader {
+    pub name: String,
+    /// `None`: believed whenever the peer is a trusted proxy.
+    pub from: Option<Vec<IpNet>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIpConfig {
+    pub trusted_proxies: Vec<IpNet>,
+    pub headers: Vec<ClientIpHeader>,
+    pub ipv6_prefix: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Escalation {
+    pub factor: u32,
+    pub max_block_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    pub shadow: bool,
+    pub failure_statuses: Vec<u16>,
+    pub count_anonymous: bool,
+    pub max_failures: u32,
+    pub window_ms: u64,
+    pub block_ms: u64,
+    pub escalation: Option<Escalation>,
+    pub exempt_cidrs: Vec<IpNet>,
+    pub ratelimit_headers: bool,
+    pub capacity: u32,
+    pub epoch: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub credentials: Vec<CredentialSource>,
     pub exempt_paths: Vec<String>,
     pub secret: SecretSource,
     pub negative_cache: NegativeCacheConfig,
+    pub client_ip: ClientIpConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Config {
@@ -205,6 +245,85 @@ struct RawConfig {
     hash_secret_env: Option<String>,
     #[serde(default)]
     negative_cache: RawNegativeCache,
+    #[serde(default)]
+    client_ip: RawClientIp,
+    #[serde(default)]
+    rate_limit: RawRateLimit,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawClientIp {
+    trusted_proxies: Vec<String>,
+    headers: Vec<RawClientIpHeader>,
+    ipv6_prefix: u8,
+}
+
+impl Default for RawClientIp {
+    fn default() -> Self {
+        RawClientIp {
+            trusted_proxies: Vec::new(),
+            headers: vec![RawClientIpHeader {
+                name: "x-forwarded-for".to_string(),
+                from: None,
+            }],
+            ipv6_prefix: 64,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientIpHeader {
+    name: String,
+    #[serde(default)]
+    from: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRateLimit {
+    enabled: bool,
+    shadow: bool,
+    failure_statuses: Vec<u16>,
+    count_anonymous: bool,
+    max_failures: u32,
+    window_seconds: u64,
+    block_seconds: u64,
+    escalation: Option<RawEscalation>,
+    exempt_cidrs: Vec<String>,
+    ratelimit_headers: bool,
+    capacity: u32,
+    epoch: u32,
+}
+
+impl Default for RawRateLimit {
+    fn default() -> Self {
+        RawRateLimit {
+            enabled: true,
+            shadow: false,
+            failure_statuses: vec![401],
+            count_anonymous: false,
+            max_failures: 10,
+            window_seconds: 60,
+            block_seconds: 300,
+            escalation: Some(RawEscalation {
+                factor: 2,
+                max_block_seconds: 86_400,
+            }),
+            exempt_cidrs: Vec::new(),
+            ratelimit_headers: false,
+            capacity: 65_536,
+            epoch: 0,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEscalation {
+    factor: u32,
+    max_block_seconds: u64,
 }
 
 fn default_credentials() -> Vec<CredentialSource> {
@@ -382,11 +501,15 @@ impl RawConfig {
         };
 
         let negative_cache = self.negative_cache.validate()?;
+        let client_ip = self.client_ip.validate()?;
+        let rate_limit = self.rate_limit.validate()?;
         Ok(Config {
             credentials,
             exempt_paths,
             secret,
             negative_cache,
+            client_ip,
+            rate_limit,
         })
     }
 }
@@ -455,6 +578,130 @@ impl RawNegativeCache {
             cache_anonymous: self.cache_anonymous,
             capacity: self.capacity,
             max_body_bytes: self.max_body_bytes,
+            epoch: self.epoch,
+        })
+    }
+}
+
+/// Parses CIDRs (`10.0.0.0/8`, `2001:db8::/32`) and bare addresses (a /32 or /128).
+fn parse_networks(field: &str, entries: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            let text = entry.trim();
+            let parsed = if text.contains('/') {
+                text.parse::<IpNet>().ok()
+            } else {
+                text.parse::<std::net::IpAddr>().ok().map(IpNet::from)
+            };
+            parsed.map(|net| net.trunc()).ok_or_else(|| {
+                ConfigError::new(
+                    format!("{field}[{index}]"),
+                    format!("{entry:?} is not an IP address or CIDR"),
+                )
+            })
+        })
+        .collect()
+}
+
+impl RawClientIp {
+    fn validate(self) -> Result<ClientIpConfig, ConfigError> {
+        let trusted_proxies = parse_networks("client_ip.trusted_proxies", &self.trusted_proxies)?;
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (index, header) in self.headers.into_iter().enumerate() {
+            let field = format!("client_ip.headers[{index}]");
+            let name = check_header_name(format!("{field}.name"), &header.name)?;
+            let from = match header.from {
+                None => None,
+                Some(_) if name == "x-forwarded-for" => {
+                    return Err(ConfigError::new(
+                        format!("{field}.from"),
+                        "x-forwarded-for is walked through trusted_proxies; \"from\" applies to single-address headers",
+                    ))
+                }
+                Some(list) => Some(parse_networks(&format!("{field}.from"), &list)?),
+            };
+            headers.push(ClientIpHeader { name, from });
+        }
+        if !(1..=128).contains(&self.ipv6_prefix) {
+            return Err(ConfigError::new(
+                "client_ip.ipv6_prefix",
+                format!("must be between 1 and 128, got {}", self.ipv6_prefix),
+            ));
+        }
+        Ok(ClientIpConfig {
+            trusted_proxies,
+            headers,
+            ipv6_prefix: self.ipv6_prefix,
+        })
+    }
+}
+
+impl RawRateLimit {
+    fn validate(self) -> Result<RateLimitConfig, ConfigError> {
+        for (index, status) in self.failure_statuses.iter().enumerate() {
+            if !(400..=499).contains(status) {
+                return Err(ConfigError::new(
+                    format!("rate_limit.failure_statuses[{index}]"),
+                    format!("only statuses 400-499 can count as failures, got {status}"),
+                ));
+            }
+        }
+        if self.max_failures > 1_000_000 {
+            return Err(ConfigError::new(
+                "rate_limit.max_failures",
+                format!("must be at most 1000000, got {}", self.max_failures),
+            ));
+        }
+        let window_ms = check_ttl("rate_limit.window_seconds".into(), self.window_seconds)?;
+        let block_ms = check_ttl("rate_limit.block_seconds".into(), self.block_seconds)?;
+        let escalation = match self.escalation {
+            None => None,
+            Some(raw) => {
+                if !(1..=1000).contains(&raw.factor) {
+                    return Err(ConfigError::new(
+                        "rate_limit.escalation.factor",
+                        format!("must be between 1 and 1000, got {}", raw.factor),
+                    ));
+                }
+                let max_block_ms = check_ttl(
+                    "rate_limit.escalation.max_block_seconds".into(),
+                    raw.max_block_seconds,
+                )?;
+                if max_block_ms < block_ms {
+                    return Err(ConfigError::new(
+                        "rate_limit.escalation.max_block_seconds",
+                        "must be at least block_seconds",
+                    ));
+                }
+                Some(Escalation {
+                    factor: raw.factor,
+                    max_block_ms,
+                })
+            }
+        };
+        if self.capacity == 0 || self.capacity > MAX_CAPACITY {
+            return Err(ConfigError::new(
+                "rate_limit.capacity",
+                format!(
+                    "must be between 1 and {MAX_CAPACITY}, got {}",
+                    self.capacity
+                ),
+            ));
+        }
+        Ok(RateLimitConfig {
+            enabled: self.enabled,
+            shadow: self.shadow,
+            failure_statuses: self.failure_statuses,
+            count_anonymous: self.count_anonymous,
+            max_failures: self.max_failures,
+            window_ms,
+            block_ms,
+            escalation,
+            exempt_cidrs: parse_networks("rate_limit.exempt_cidrs", &self.exempt_cidrs)?,
+            ratelimit_headers: self.ratelimit_headers,
+            capacity: self.capacity,
             epoch: self.epoch,
         })
     }
@@ -534,6 +781,58 @@ mod tests {
             CredentialSource::Header("authorization".into())
         );
         assert_eq!(config.credentials[4], CredentialSource::PathSegment(0));
+    }
+
+    #[test]
+    fn client_ip_and_rate_limit_defaults() {
+        let config = parse("{}").unwrap();
+        assert!(config.client_ip.trusted_proxies.is_empty());
+        assert_eq!(
+            config.client_ip.headers,
+            vec![ClientIpHeader {
+                name: "x-forwarded-for".into(),
+                from: None
+            }]
+        );
+        assert_eq!(config.client_ip.ipv6_prefix, 64);
+        let limit = config.rate_limit;
+        assert!(limit.enabled && !limit.shadow && !limit.count_anonymous);
+        assert_eq!(limit.failure_statuses, vec![401]);
+        assert_eq!(limit.max_failures, 10);
+        assert_eq!((limit.window_ms, limit.block_ms), (60_000, 300_000));
+        assert_eq!(
+            limit.escalation,
+            Some(Escalation {
+                factor: 2,
+                max_block_ms: 86_400_000
+            })
+        );
+        assert_eq!(limit.capacity, 65_536);
+    }
+
+    #[test]
+    fn networks_parse_as_cidrs_or_addresses() {
+        let config = parse(
+            r#"{"client_ip": {"trusted_proxies": ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7", "10.1.2.3/8"],
+                "headers": [{"name": "CF-Connecting-IP", "from": ["173.245.48.0/20"]}, {"name": "x-forwarded-for"}],
+                "ipv6_prefix": 128},
+              "rate_limit": {"escalation": null, "exempt_cidrs": ["::1"]}}"#,
+        )
+        .unwrap();
+        let trusted: Vec<String> = config
+            .client_ip
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            trusted,
+            ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32", "10.0.0.0/8"]
+        );
+        assert_eq!(config.client_ip.headers[0].name, "cf-connecting-ip");
+        assert!(config.client_ip.headers[0].from.is_some());
+        assert_eq!(config.rate_limit.escalation, None);
+        assert_eq!(config.rate_limit.exempt_cidrs[0].to_string(), "::1/128");
     }
 
     #[test]
@@ -656,6 +955,61 @@ mod tests {
                 r#"{"exempt_paths": ["healthz"]}"#,
                 "exempt_paths[0]",
                 "starting with '/'",
+            ),
+            (
+                r#"{"client_ip": {"trusted_proxies": ["10.0.0.0/33"]}}"#,
+                "client_ip.trusted_proxies[0]",
+                "not an IP address or CIDR",
+            ),
+            (
+                r#"{"client_ip": {"trusted_proxies": ["proxy.local"]}}"#,
+                "client_ip.trusted_proxies[0]",
+                "not an IP address or CIDR",
+            ),
+            (
+                r#"{"client_ip": {"headers": [{"name": "x-forwarded-for", "from": ["1.2.3.4"]}]}}"#,
+                "client_ip.headers[0].from",
+                "single-address headers",
+            ),
+            (
+                r#"{"client_ip": {"ipv6_prefix": 0}}"#,
+                "client_ip.ipv6_prefix",
+                "between 1 and 128",
+            ),
+            (
+                r#"{"client_ip": {"ipv6_prefix": 300}}"#,
+                "client_ip.ipv6_prefix",
+                "invalid value",
+            ),
+            (
+                r#"{"rate_limit": {"failure_statuses": [200]}}"#,
+                "rate_limit.failure_statuses[0]",
+                "400-499",
+            ),
+            (
+                r#"{"rate_limit": {"window_seconds": 0}}"#,
+                "rate_limit.window_seconds",
+                "between 1 and",
+            ),
+            (
+                r#"{"rate_limit": {"escalation": {"factor": 0, "max_block_seconds": 600}}}"#,
+                "rate_limit.escalation.factor",
+                "between 1 and 1000",
+            ),
+            (
+                r#"{"rate_limit": {"escalation": {"factor": 2, "max_block_seconds": 60}}}"#,
+                "rate_limit.escalation.max_block_seconds",
+                "at least block_seconds",
+            ),
+            (
+                r#"{"rate_limit": {"capacity": 0}}"#,
+                "rate_limit.capacity",
+                "between 1 and 1048576",
+            ),
+            (
+                r#"{"rate_limit": {"exempt_cidrs": ["x"]}}"#,
+                "rate_limit.exempt_cidrs[0]",
+                "not an IP address or CIDR",
             ),
             (r#"[1, 2]"#, "", "must be a JSON object"),
             ("\"x\"", "", "must be a JSON object"),
