@@ -49,6 +49,7 @@ pub struct KeyParts<'a> {
 
 const IDENTITY_DOMAIN: &[u8] = b"negcache/identity/v1";
 const ENTRY_DOMAIN: &[u8] = b"negcache/entry/v1";
+const CLIENT_DOMAIN: &[u8] = b"negcache/client/v1";
 
 #[derive(Clone)]
 pub struct Fingerprinter {
@@ -93,6 +94,13 @@ impl Fingerprinter {
                 write_part(&mut hasher, client_ip.as_bytes());
             }
         }
+        Fingerprint(hasher.finish128().as_bytes())
+    }
+
+    /// The rate limiter's key for a client (its grouped address), across all virtual hosts.
+    pub fn client(&self, client: &str) -> Fingerprint {
+        let mut hasher = self.hasher(CLIENT_DOMAIN);
+        write_part(&mut hasher, client.as_bytes());
         Fingerprint(hasher.finish128().as_bytes())
     }
 
@@ -149,6 +157,7 @@ mod tests {
             f.identity(b"a", cred("header:authorizationb", b"c")),
             f.identity(b"a", Who::Anonymous { client_ip: "bc" }),
             f.identity(b"b", cred("header:authorization", b"bc")),
+            f.client("bc"),
         ];
         for (i, x) in all.iter().enumerate() {
             for y in &all[i + 1..] {

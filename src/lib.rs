@@ -10,6 +10,7 @@ pub mod http_date;
 pub mod metrics;
 pub mod negative_cache;
 pub mod path;
+pub mod rate_limit;
 pub mod reply;
 pub mod request;
 pub mod runtime;

@@ -17,10 +17,18 @@ pub enum Metric {
     Purges,
     Errors,
     SlotsUsed,
+    RateLimitFailures,
+    RateLimitBlocks,
+    RateLimitRejected,
+    RateLimitShadowRejected,
+    RateLimitSlotsUsed,
+    ClientIpUntrustedHeader,
+    ClientIpUnresolved,
+    ClientIpHeaderDerivedPeer,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 8] = [
+    pub const ALL: [Metric; 16] = [
         Metric::Hits,
         Metric::Misses,
         Metric::Stores,
@@ -29,6 +37,14 @@ impl Metric {
         Metric::Purges,
         Metric::Errors,
         Metric::SlotsUsed,
+        Metric::RateLimitFailures,
+        Metric::RateLimitBlocks,
+        Metric::RateLimitRejected,
+        Metric::RateLimitShadowRejected,
+        Metric::RateLimitSlotsUsed,
+        Metric::ClientIpUntrustedHeader,
+        Metric::ClientIpUnresolved,
+        Metric::ClientIpHeaderDerivedPeer,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,12 +57,20 @@ impl Metric {
             Metric::Purges => "negcache_purges_total",
             Metric::Errors => "negcache_errors_total",
             Metric::SlotsUsed => "negcache_slots_used",
+            Metric::RateLimitFailures => "negcache_ratelimit_failures_total",
+            Metric::RateLimitBlocks => "negcache_ratelimit_blocks_total",
+            Metric::RateLimitRejected => "negcache_ratelimit_rejected_total",
+            Metric::RateLimitShadowRejected => "negcache_ratelimit_shadow_rejected_total",
+            Metric::RateLimitSlotsUsed => "negcache_ratelimit_slots_used",
+            Metric::ClientIpUntrustedHeader => "negcache_client_ip_untrusted_header_total",
+            Metric::ClientIpUnresolved => "negcache_client_ip_unresolved_total",
+            Metric::ClientIpHeaderDerivedPeer => "negcache_client_ip_header_derived_peer_total",
         }
     }
 
     pub fn kind(self) -> Kind {
         match self {
-            Metric::SlotsUsed => Kind::Gauge,
+            Metric::SlotsUsed | Metric::RateLimitSlotsUsed => Kind::Gauge,
             _ => Kind::Counter,
         }
     }

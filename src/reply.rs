@@ -54,6 +54,34 @@ pub fn cache_hit(record: &Record, replay: &ReplayBody, now_ms: u64) -> LocalRepl
     }
 }
 
+/// The limiter's 429: JSON body with `error` and `retry_after`, `Retry-After`, and with
+/// `ratelimit_headers` the `RateLimit-Policy` / `RateLimit` fields of
+/// draft-ietf-httpapi-ratelimit-headers (policy `auth-failures`: `q` failures per `w` seconds).
+pub fn rate_limited(retry_after: u64, policy: Option<(u32, u64)>) -> LocalReply {
+    let mut headers = vec![
+        ("content-type".to_string(), "application/json".to_string()),
+        ("retry-after".to_string(), retry_after.to_string()),
+    ];
+    if let Some((quota, window_seconds)) = policy {
+        headers.push((
+            "ratelimit-policy".to_string(),
+            format!("\"auth-failures\";q={quota};w={window_seconds}"),
+        ));
+        headers.push((
+            "ratelimit".to_string(),
+            format!("\"auth-failures\";r=0;t={retry_after}"),
+        ));
+    }
+    LocalReply {
+        status: 429,
+        headers,
+        body: format!(
+            "{{\"error\":\"too many failed authentication attempts\",\"retry_after\":{retry_after}}}"
+        )
+        .into_bytes(),
+    }
+}
+
 /// Header values are replayed only when they are printable text.
 fn text(value: Option<&[u8]>) -> Option<String> {
     let value = std::str::from_utf8(value?).ok()?;
@@ -141,6 +169,26 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(body["status"], 401);
         assert_eq!(body["error"], "cached upstream response");
+    }
+
+    #[test]
+    fn the_limiters_429_says_when_to_come_back() {
+        let reply = rate_limited(42, None);
+        assert_eq!(reply.status, 429);
+        assert_eq!(header(&reply, "retry-after"), Some("42"));
+        assert_eq!(header(&reply, "ratelimit"), None);
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["retry_after"], 42);
+        assert!(body["error"].is_string());
+        let with_policy = rate_limited(7, Some((10, 60)));
+        assert_eq!(
+            header(&with_policy, "ratelimit-policy"),
+            Some("\"auth-failures\";q=10;w=60")
+        );
+        assert_eq!(
+            header(&with_policy, "ratelimit"),
+            Some("\"auth-failures\";r=0;t=7")
+        );
     }
 
     #[test]

@@ -4,11 +4,14 @@
 use crate::config::Config;
 use crate::fingerprint::Fingerprinter;
 use crate::negative_cache::CacheTables;
+use crate::rate_limit;
+use crate::slots::SlotTable;
 
 pub struct Runtime {
     pub config: Config,
     pub hasher: Fingerprinter,
     pub tables: CacheTables,
+    pub clients: SlotTable,
     /// `config.credentials[i].label()`, computed once instead of on every request.
     pub source_labels: Vec<String>,
 }
@@ -16,10 +19,12 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(config: Config, secret: &[u8]) -> Runtime {
         let tables = CacheTables::new(config.negative_cache.capacity);
+        let clients = rate_limit::table(config.rate_limit.capacity);
         let source_labels = config.credentials.iter().map(|s| s.label()).collect();
         Runtime {
             hasher: Fingerprinter::from_secret(secret),
             tables,
+            clients,
             source_labels,
             config,
         }

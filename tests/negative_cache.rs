@@ -30,9 +30,16 @@ fn api(req: &Request) -> Response {
         .json(r#"{"error":"invalid token"}"#)
 }
 
+/// These tests send many failing requests from one client: the failure rate limit, tested in
+/// `rate_limit.rs`, is off here so it does not answer them first.
+fn cache_only(mut config: Value) -> Value {
+    config["rate_limit"] = json!({"enabled": false});
+    config
+}
+
 fn start(config: Value, handler: fn(&Request) -> Response) -> (Upstream, Envoy) {
     let upstream = Upstream::start(handler);
-    let envoy = Envoy::start(EnvoyOptions::new(upstream.port(), config));
+    let envoy = Envoy::start(EnvoyOptions::new(upstream.port(), cache_only(config)));
     (upstream, envoy)
 }
 
@@ -195,7 +202,7 @@ fn a_429_is_keyed_by_client_ip_by_default() {
     // from X-Forwarded-For, which lets this test play two clients.
     let envoy = Envoy::start(EnvoyOptions {
         use_remote_address: false,
-        ..EnvoyOptions::new(upstream.port(), json!({}))
+        ..EnvoyOptions::new(upstream.port(), cache_only(json!({})))
     });
     let auth = bearer("shared-token");
     envoy.get(
@@ -683,7 +690,7 @@ fn responses_to_requests_the_filter_never_saw_are_left_alone() {
 "#;
     let envoy = Envoy::start(EnvoyOptions {
         extra_http_filters: deny_all.to_string(),
-        ..EnvoyOptions::new(upstream.port(), json!({}))
+        ..EnvoyOptions::new(upstream.port(), cache_only(json!({})))
     });
     for _ in 0..3 {
         let reply = envoy.get("/", &[("authorization", "Bearer denied")]);

@@ -1,10 +1,13 @@
-//! The HTTP context: read the request, decide (exempt, hit, miss), reply or continue; read the
-//! response, strip the filter's private headers, and store what is cacheable.
+//! The HTTP context: read the request, decide (preflight, exempt, blocked, hit, miss), reply or
+//! continue; read the response, strip the filter's private headers, count failures and store
+//! what is cacheable.
 
+use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::UNIX_EPOCH;
 
-use log::debug;
+use log::{debug, info};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
@@ -13,12 +16,14 @@ use super::ffi;
 use super::metrics::Metrics;
 use super::store::EnvoyStore;
 use crate::client_ip;
+use crate::config::KeyShape;
 use crate::credential;
 use crate::fingerprint::{Fingerprint, KeyParts, Who};
 use crate::metrics::Metric;
 use crate::negative_cache::{self, Record, ReplayBody, StoreOutcome};
 use crate::path;
-use crate::reply;
+use crate::rate_limit::{self, Admission};
+use crate::reply::{self, LocalReply};
 use crate::request::{HeaderLines, Headers};
 use crate::runtime::Runtime;
 
@@ -26,6 +31,10 @@ use crate::runtime::Runtime;
 /// reaches the client.
 const PURGE_HEADER: &str = "x-negcache-purge";
 const DECISION: &str = "negcache_decision";
+const CLIENT: &str = "negcache_client";
+
+/// The header-derived-peer notice is logged once per VM, not once per request.
+static HEADER_DERIVED_PEER_LOGGED: AtomicBool = AtomicBool::new(false);
 
 pub struct NegcacheHttp {
     runtime: Option<Rc<Runtime>>,
@@ -39,15 +48,21 @@ pub struct NegcacheHttp {
 }
 
 struct SeenRequest {
-    exempt: bool,
+    /// Preflight or exempt path: the filter takes no part in it.
+    bypass: bool,
     head: bool,
     shadow_hit: bool,
+    has_credential: bool,
     authority: Vec<u8>,
     method: String,
     raw_path: String,
     subject: Option<Subject>,
-    /// Read on first use only: most requests never need it.
-    client_ip: Option<Option<String>>,
+    /// The resolved client, grouped (`None`: unresolved).
+    client: Option<String>,
+    /// The rate limiter tracks this client (resolved, not exempt, limiter on).
+    limited: Option<Fingerprint>,
+    /// The start of the failure window this request holds a place in.
+    reservation: Option<u64>,
 }
 
 /// Who the request is, for the cache, when it is eligible for caching at all.
@@ -92,15 +107,12 @@ impl HttpContext for NegcacheHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if self.replied_locally {
+        if self.replied_locally || self.request.is_none() {
             return Action::Continue;
         }
         let Some(runtime) = self.runtime.clone() else {
             return Action::Continue;
         };
-        if self.request.is_none() {
-            return Action::Continue;
-        }
         let Ok(lines) = hostcalls::get_map_bytes(MapType::HttpResponseHeaders) else {
             self.error();
             return Action::Continue;
@@ -146,66 +158,113 @@ impl HttpContext for NegcacheHttp {
     fn on_log(&mut self) {
         // The stream ended before the body did: keep the entry, not the partial body.
         self.finish_pending(false);
+        // Ended without a response this filter saw (reset, timeout): give the place back.
+        if let Some(runtime) = self.runtime.clone() {
+            self.count_outcome(&runtime, false);
+        }
     }
 }
 
 impl NegcacheHttp {
     fn on_request(&mut self, runtime: &Runtime, lines: &HeaderLines) -> Action {
         let headers = Headers::new(lines);
+        let config = &runtime.config;
         let raw_path = String::from_utf8_lossy(headers.first(":path").unwrap_or(b"/")).into_owned();
         let method =
             String::from_utf8_lossy(headers.first(":method").unwrap_or_default()).into_owned();
+        let authority = headers
+            .first(":authority")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let credential_identity = credential::extract(&config.credentials, &headers, &raw_path)
+            .map(|found| {
+                runtime.hasher.identity(
+                    &authority,
+                    Who::Credential {
+                        source: &runtime.source_labels[found.source],
+                        value: &found.value,
+                    },
+                )
+            });
         let mut seen = SeenRequest {
-            exempt: false,
+            bypass: false,
             head: method == "HEAD",
             shadow_hit: false,
-            authority: headers
-                .first(":authority")
-                .unwrap_or_default()
-                .to_ascii_lowercase(),
+            has_credential: credential_identity.is_some(),
+            authority,
             method,
             raw_path,
             subject: None,
-            client_ip: None,
+            client: None,
+            limited: None,
+            reservation: None,
         };
 
-        if !runtime.config.exempt_paths.is_empty() {
+        // Browsers send no credentials on a preflight; answering, counting or blocking it would
+        // hide the real 401/429 from the web app.
+        if seen.method == "OPTIONS"
+            && !seen.has_credential
+            && headers.contains("origin")
+            && headers.contains("access-control-request-method")
+        {
+            seen.bypass = true;
+            self.request = Some(seen);
+            decide("preflight");
+            return Action::Continue;
+        }
+        if !config.exempt_paths.is_empty() {
             let normalized = path::normalize(&seen.raw_path);
-            if runtime
-                .config
+            if config
                 .exempt_paths
                 .iter()
                 .any(|prefix| path::is_under(&normalized, prefix))
             {
-                seen.exempt = true;
+                seen.bypass = true;
                 self.request = Some(seen);
                 decide("exempt");
                 return Action::Continue;
             }
         }
 
-        let cache = &runtime.config.negative_cache;
+        let cache = &config.negative_cache;
+        let limit = &config.rate_limit;
+        if !cache.enabled && !limit.enabled {
+            self.request = Some(seen);
+            return Action::Continue;
+        }
+        let client = self.resolve_client(runtime, &headers);
+        seen.client = client.map(|ip| client_ip::group(ip, config.client_ip.ipv6_prefix));
+        ffi::set_filter_state(
+            CLIENT,
+            seen.client.as_deref().unwrap_or("unresolved").as_bytes(),
+        );
+
+        let now = now_ms();
+        if limit.enabled {
+            if let (Some(ip), Some(key)) = (client, seen.client.as_deref()) {
+                if !client_ip::contains(&limit.exempt_cidrs, ip) {
+                    seen.limited = Some(runtime.hasher.client(key));
+                }
+            }
+            if let Some(action) = self.admit(runtime, &mut seen, now) {
+                self.request = Some(seen);
+                return action;
+            }
+        }
+
         if !cache.enabled {
             self.request = Some(seen);
             return Action::Continue;
         }
-
-        let credential = credential::extract(&runtime.config.credentials, &headers, &seen.raw_path);
-        seen.subject = match credential {
-            Some(found) => Some(Subject {
-                identity: runtime.hasher.identity(
-                    &seen.authority,
-                    Who::Credential {
-                        source: &runtime.source_labels[found.source],
-                        value: &found.value,
-                    },
-                ),
+        seen.subject = match credential_identity {
+            Some(identity) => Some(Subject {
+                identity,
                 anonymous: false,
             }),
-            None if cache.cache_anonymous => seen.client_ip().map(|ip| Subject {
+            None if cache.cache_anonymous => seen.client.as_deref().map(|client| Subject {
                 identity: runtime
                     .hasher
-                    .identity(&seen.authority, Who::Anonymous { client_ip: &ip }),
+                    .identity(&seen.authority, Who::Anonymous { client_ip: client }),
                 anonymous: true,
             }),
             None => None,
@@ -215,7 +274,6 @@ impl NegcacheHttp {
             return Action::Continue;
         };
 
-        let now = now_ms();
         let found = negative_cache::lookup(
             &EnvoyStore,
             &runtime.tables,
@@ -230,17 +288,19 @@ impl NegcacheHttp {
                 Action::Continue
             }
             Ok(found) => {
-                if found.corrupt {
-                    self.metrics.inc(Metric::Errors);
-                }
+                self.metrics.add(Metric::Errors, u64::from(found.corrupt));
                 match found.hit {
-                    Some((_, _)) if cache.shadow => {
+                    Some(_) if cache.shadow => {
                         seen.shadow_hit = true;
                         self.metrics.inc(Metric::ShadowHits);
                         decide("shadow-hit");
                         Action::Continue
                     }
-                    Some((index, record)) => self.replay(runtime, index, &record, now),
+                    Some((index, record)) => {
+                        self.request = Some(seen);
+                        let action = self.replay(runtime, index, &record, now);
+                        return action;
+                    }
                     None => {
                         self.metrics.inc(Metric::Misses);
                         decide("miss");
@@ -253,16 +313,58 @@ impl NegcacheHttp {
         action
     }
 
+    /// The rate limiter's check at the start of a request: `Some(action)` when it answered.
+    fn admit(&mut self, runtime: &Runtime, seen: &mut SeenRequest, now: u64) -> Option<Action> {
+        let client = seen.limited?;
+        let limit = &runtime.config.rate_limit;
+        let admission = match rate_limit::admit(&EnvoyStore, &runtime.clients, limit, &client, now)
+        {
+            Ok(admission) => admission,
+            Err(_) => {
+                self.error();
+                return None;
+            }
+        };
+        let retry_after = match admission {
+            Admission::Pass => return None,
+            Admission::Reserved { window_start_ms } => {
+                if seen.has_credential || limit.count_anonymous {
+                    seen.reservation = Some(window_start_ms);
+                } else {
+                    // Requests that can never count as failures do not hold a place.
+                    let _ = rate_limit::finish(
+                        &EnvoyStore,
+                        &runtime.clients,
+                        limit,
+                        &client,
+                        now,
+                        false,
+                        Some(window_start_ms),
+                    );
+                }
+                return None;
+            }
+            Admission::Blocked { until_ms } => rate_limit::retry_after_seconds(until_ms, now),
+            Admission::InflightFull => 1,
+        };
+        let who = seen.client.as_deref().unwrap_or("unresolved");
+        if limit.shadow {
+            self.metrics.inc(Metric::RateLimitShadowRejected);
+            info!("negcache: shadow: would answer 429 to {who} (retry after {retry_after} s)");
+            decide("shadow-blocked");
+            return None;
+        }
+        self.metrics.inc(Metric::RateLimitRejected);
+        decide("blocked");
+        let policy = limit
+            .ratelimit_headers
+            .then_some((limit.max_failures, limit.window_ms / 1000));
+        Some(self.send(reply::rate_limited(retry_after, policy)))
+    }
+
     fn replay(&mut self, runtime: &Runtime, index: u32, record: &Record, now: u64) -> Action {
         match negative_cache::load_body(&EnvoyStore, &runtime.tables, index, record) {
             Ok(Some(body)) => {
-                let local = reply::cache_hit(record, &body, now);
-                let headers: Vec<(&str, &str)> = local
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                self.replied_locally = true;
                 self.metrics.inc(Metric::Hits);
                 decide("hit");
                 debug!(
@@ -270,18 +372,16 @@ impl NegcacheHttp {
                     record.status,
                     record.identity.short()
                 );
-                if hostcalls::send_http_response(
-                    u32::from(local.status),
-                    headers,
-                    Some(&local.body),
-                )
-                .is_err()
+                // A client retrying a dead credential is still failing.
+                if runtime
+                    .config
+                    .rate_limit
+                    .failure_statuses
+                    .contains(&record.status)
                 {
-                    self.replied_locally = false;
-                    self.error();
-                    return Action::Continue;
+                    self.count_outcome(runtime, true);
                 }
-                Action::Pause
+                self.send(reply::cache_hit(record, &body, now))
             }
             // Its body belongs to a newer entry being written right now: ask the upstream.
             Ok(None) => {
@@ -294,6 +394,51 @@ impl NegcacheHttp {
                 Action::Continue
             }
         }
+    }
+
+    fn send(&mut self, local: LocalReply) -> Action {
+        let headers: Vec<(&str, &str)> = local
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.replied_locally = true;
+        if hostcalls::send_http_response(u32::from(local.status), headers, Some(&local.body))
+            .is_err()
+        {
+            self.replied_locally = false;
+            self.error();
+            return Action::Continue;
+        }
+        Action::Pause
+    }
+
+    fn resolve_client(&self, runtime: &Runtime, headers: &Headers) -> Option<IpAddr> {
+        let address = hostcalls::get_property(vec!["source", "address"])
+            .ok()
+            .flatten();
+        let address = address
+            .as_deref()
+            .and_then(|bytes| std::str::from_utf8(bytes).ok());
+        let resolution = client_ip::resolve(&runtime.config.client_ip, address, headers);
+        if resolution.header_derived_peer {
+            self.metrics.inc(Metric::ClientIpHeaderDerivedPeer);
+            if !HEADER_DERIVED_PEER_LOGGED.swap(true, Ordering::Relaxed) {
+                info!(
+                    "negcache: the downstream address has port 0: Envoy took it from \
+                     X-Forwarded-For (use_remote_address: false), which a client can write; \
+                     see the README for safe set-ups"
+                );
+            }
+        }
+        self.metrics.add(
+            Metric::ClientIpUntrustedHeader,
+            u64::from(resolution.untrusted_header),
+        );
+        if resolution.client.is_none() {
+            self.metrics.inc(Metric::ClientIpUnresolved);
+        }
+        resolution.client
     }
 
     fn on_response(&mut self, runtime: &Runtime, lines: &HeaderLines, end_of_stream: bool) {
@@ -313,6 +458,15 @@ impl NegcacheHttp {
             }
             _ => false,
         };
+        let Some(status) = headers
+            .first_str(":status")
+            .and_then(|s| s.parse::<u16>().ok())
+        else {
+            return;
+        };
+
+        let failed = runtime.config.rate_limit.failure_statuses.contains(&status);
+        self.count_outcome(runtime, failed);
 
         let Some(request) = self.request.as_mut() else {
             return;
@@ -326,15 +480,9 @@ impl NegcacheHttp {
         let Some(subject) = request.subject else {
             return;
         };
-        if !cache.enabled || request.exempt {
+        if !cache.enabled || request.bypass {
             return;
         }
-        let Some(status) = headers
-            .first_str(":status")
-            .and_then(|s| s.parse::<u16>().ok())
-        else {
-            return;
-        };
         let now = now_ms();
         let Some(plan) = negative_cache::plan_store(
             cache,
@@ -387,6 +535,50 @@ impl NegcacheHttp {
                 captured: Vec::new(),
                 overflowed: false,
             });
+        }
+    }
+
+    /// Tells the rate limiter how a request ended: counts a failure of a request that carried a
+    /// credential (or any, with `count_anonymous`), and gives back its reserved place. Runs at
+    /// most once per request.
+    fn count_outcome(&mut self, runtime: &Runtime, failed: bool) {
+        let Some(request) = self.request.as_mut() else {
+            return;
+        };
+        let Some(client) = request.limited.take() else {
+            return;
+        };
+        let limit = &runtime.config.rate_limit;
+        let failed = failed && (request.has_credential || limit.count_anonymous);
+        let reservation = request.reservation.take();
+        if !failed && reservation.is_none() {
+            return;
+        }
+        let now = now_ms();
+        match rate_limit::finish(
+            &EnvoyStore,
+            &runtime.clients,
+            limit,
+            &client,
+            now,
+            failed,
+            reservation,
+        ) {
+            Ok(outcome) => {
+                self.metrics
+                    .add(Metric::RateLimitFailures, u64::from(outcome.counted));
+                self.metrics
+                    .add(Metric::RateLimitSlotsUsed, u64::from(outcome.newly_used));
+                if let Some(block_ms) = outcome.block_ms {
+                    self.metrics.inc(Metric::RateLimitBlocks);
+                    info!(
+                        "negcache: blocking client {} for {} s after repeated authentication failures",
+                        request.client.as_deref().unwrap_or("unresolved"),
+                        block_ms / 1000
+                    );
+                }
+            }
+            Err(_) => self.error(),
         }
     }
 
@@ -474,34 +666,24 @@ impl NegcacheHttp {
 }
 
 impl SeenRequest {
-    fn client_ip(&mut self) -> Option<String> {
-        self.client_ip
-            .get_or_insert_with(|| {
-                let address = hostcalls::get_property(vec!["source", "address"]).ok()??;
-                let address = std::str::from_utf8(&address).ok()?;
-                client_ip::parse_peer(address).map(|peer| peer.ip.to_string())
-            })
-            .clone()
-    }
-
     /// The entry key of this request under `shape`; `None` when the shape needs a client IP
-    /// that cannot be resolved.
+    /// that could not be resolved.
     fn entry_key(
-        &mut self,
+        &self,
         runtime: &Runtime,
         subject: &Subject,
-        shape: crate::config::KeyShape,
+        shape: KeyShape,
     ) -> Option<Fingerprint> {
         let client_ip = if shape.client_ip {
-            self.client_ip()?
+            self.client.as_deref()?
         } else {
-            String::new()
+            ""
         };
         let parts = KeyParts {
             method: &self.method,
             path: path::path_only(&self.raw_path),
             query: path::query_only(&self.raw_path),
-            client_ip: &client_ip,
+            client_ip,
         };
         Some(runtime.hasher.entry(&subject.identity, shape, &parts))
     }

@@ -42,8 +42,16 @@ impl RootContext for NegcacheRoot {
         match configure(&bytes) {
             Ok((runtime, generated_secret)) => {
                 self.metrics = Rc::new(Metrics::define());
-                if let Err(e) = runtime.tables.records.create_slots(&EnvoyStore) {
-                    warn!("negcache: could not create the cache slots: {e:?}");
+                // Only tables in use get keys: shared data never frees them.
+                if runtime.config.negative_cache.enabled {
+                    if let Err(e) = runtime.tables.records.create_slots(&EnvoyStore) {
+                        warn!("negcache: could not create the cache slots: {e:?}");
+                    }
+                }
+                if runtime.config.rate_limit.enabled {
+                    if let Err(e) = runtime.clients.create_slots(&EnvoyStore) {
+                        warn!("negcache: could not create the rate limit slots: {e:?}");
+                    }
                 }
                 self.generated_secret = generated_secret;
                 if generated_secret {

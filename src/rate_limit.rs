@@ -1,0 +1,629 @@
+//! The failure rate limit: per client, a fixed window anchored at its first failure, a block
+//! after `max_failures + 1` failures, escalating blocks for repeat offenders, and in-flight
+//! reservations so a parallel burst cannot slip past the count. All arithmetic is on plain
+//! numbers and times; the records live in a bounded slot table in shared data.
+
+use crate::config::RateLimitConfig;
+use crate::fingerprint::Fingerprint;
+use crate::slots::{SharedStore, Slot, SlotTable, StoreError, Write};
+
+const RECORD_VERSION: u8 = 1;
+const RECORD_LEN: usize = 56;
+
+/// One client's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientRecord {
+    pub epoch: u32,
+    pub client: Fingerprint,
+    /// Start of the failure window; meaningful while `failures > 0`.
+    pub window_start_ms: u64,
+    pub failures: u32,
+    /// Requests of this client under way that reserved a place.
+    pub inflight: u32,
+    /// End of the current or last block; 0 when never blocked.
+    pub block_until_ms: u64,
+    /// Length of the current or last block, for escalation.
+    pub block_len_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decoded {
+    Empty,
+    Record(ClientRecord),
+    Unreadable,
+}
+
+impl ClientRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(RECORD_LEN);
+        out.push(RECORD_VERSION);
+        out.extend_from_slice(&[0, 0, 0]);
+        out.extend_from_slice(&self.epoch.to_le_bytes());
+        out.extend_from_slice(&self.client.0);
+        out.extend_from_slice(&self.window_start_ms.to_le_bytes());
+        out.extend_from_slice(&self.failures.to_le_bytes());
+        out.extend_from_slice(&self.inflight.to_le_bytes());
+        out.extend_from_slice(&self.block_until_ms.to_le_bytes());
+        out.extend_from_slice(&self.block_len_ms.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Decoded {
+        if bytes.is_empty() {
+            return Decoded::Empty;
+        }
+        if bytes.len() != RECORD_LEN || bytes[0] != RECORD_VERSION {
+            return Decoded::Unreadable;
+        }
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        let u64_at = |at: usize| (u64::from(u32_at(at + 4)) << 32) | u64::from(u32_at(at));
+        let mut client = [0u8; 16];
+        client.copy_from_slice(&bytes[8..24]);
+        Decoded::Record(ClientRecord {
+            epoch: u32_at(4),
+            client: Fingerprint(client),
+            window_start_ms: u64_at(24),
+            failures: u32_at(32),
+            inflight: u32_at(36),
+            block_until_ms: u64_at(40),
+            block_len_ms: u64_at(48),
+        })
+    }
+
+    pub fn blocked_at(&self, now_ms: u64) -> bool {
+        now_ms < self.block_until_ms
+    }
+
+    /// The client has failed recently: its requests must reserve a place.
+    pub fn window_live(&self, now_ms: u64, config: &RateLimitConfig) -> bool {
+        self.failures > 0 && now_ms < self.window_start_ms.saturating_add(config.window_ms)
+    }
+
+    /// Nothing about this record matters any more: free for another client.
+    fn expired(&self, now_ms: u64, config: &RateLimitConfig) -> bool {
+        !self.blocked_at(now_ms) && !self.window_live(now_ms, config)
+    }
+
+    /// How many more requests may be under way at once before one more failure blocks.
+    fn inflight_limit(&self, config: &RateLimitConfig) -> u32 {
+        (config.max_failures + 1).saturating_sub(self.failures)
+    }
+
+    /// Counts one failure at `now_ms`; returns the length of the block it starts, if any.
+    /// A failure while blocked (a request that started before the block) changes nothing:
+    /// blocked clients cannot extend their block.
+    fn count_failure(&mut self, now_ms: u64, config: &RateLimitConfig) -> Option<u64> {
+        if self.blocked_at(now_ms) {
+            return None;
+        }
+        if self.window_live(now_ms, config) {
+            self.failures = self.failures.saturating_add(1);
+        } else {
+            self.window_start_ms = now_ms;
+            self.failures = 1;
+            self.inflight = 0;
+        }
+        if self.failures <= config.max_failures {
+            return None;
+        }
+        let length = next_block_len(self, now_ms, config);
+        self.block_until_ms = now_ms.saturating_add(length);
+        self.block_len_ms = length;
+        self.failures = 0;
+        self.window_start_ms = 0;
+        self.inflight = 0;
+        Some(length)
+    }
+}
+
+/// A client blocked again within `max_block_seconds` after its last block ended gets the last
+/// length times `factor`, capped; otherwise `block_seconds`.
+pub fn next_block_len(record: &ClientRecord, now_ms: u64, config: &RateLimitConfig) -> u64 {
+    let Some(escalation) = config.escalation else {
+        return config.block_ms;
+    };
+    let repeat = record.block_until_ms != 0
+        && record.block_len_ms != 0
+        && now_ms.saturating_sub(record.block_until_ms) <= escalation.max_block_ms;
+    if !repeat {
+        return config.block_ms;
+    }
+    record
+        .block_len_ms
+        .saturating_mul(u64::from(escalation.factor))
+        .clamp(config.block_ms, escalation.max_block_ms)
+}
+
+/// Seconds left until `until_ms`, rounded up, never 0.
+pub fn retry_after_seconds(until_ms: u64, now_ms: u64) -> u64 {
+    crate::reply::seconds_until(until_ms, now_ms)
+}
+
+/// What a request may do when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Not tracked (no recent failure): nothing written.
+    Pass,
+    /// Tracked: a place was reserved in the client's current window.
+    Reserved { window_start_ms: u64 },
+    /// Blocked until then.
+    Blocked { until_ms: u64 },
+    /// Too many requests of a failing client already under way.
+    InflightFull,
+}
+
+/// The rate limiter's table: `capacity` client records.
+pub fn table(capacity: u32) -> SlotTable {
+    SlotTable::new("negcache/r", capacity)
+}
+
+fn own_position(
+    slots: &[Slot; 2],
+    client: &Fingerprint,
+    epoch: u32,
+) -> Option<(usize, ClientRecord)> {
+    slots
+        .iter()
+        .enumerate()
+        .find_map(|(position, slot)| match ClientRecord::decode(&slot.bytes) {
+            Decoded::Record(record) if record.client == *client && record.epoch == epoch => {
+                Some((position, record))
+            }
+            _ => None,
+        })
+}
+
+/// Checks a request at its start; reserves a place for a client with recent failures. A
+/// client without failures costs two reads and no write.
+pub fn admit<S: SharedStore>(
+    store: &S,
+    table: &SlotTable,
+    config: &RateLimitConfig,
+    client: &Fingerprint,
+    now_ms: u64,
+) -> Result<Admission, StoreError> {
+    let mut admission = Admission::Pass;
+    table.update(store, client, |slots| {
+        admission = Admission::Pass;
+        let (position, mut record) = own_position(slots, client, config.epoch)?;
+        if record.blocked_at(now_ms) {
+            admission = Admission::Blocked {
+                until_ms: record.block_until_ms,
+            };
+            return None;
+        }
+        if !record.window_live(now_ms, config) {
+            return None;
+        }
+        if record.inflight >= record.inflight_limit(config) {
+            admission = Admission::InflightFull;
+            return None;
+        }
+        record.inflight += 1;
+        admission = Admission::Reserved {
+            window_start_ms: record.window_start_ms,
+        };
+        Some(Write {
+            candidate: position,
+            bytes: record.encode(),
+        })
+    })?;
+    Ok(admission)
+}
+
+/// What the end of a request changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Outcome {
+    /// The failure was counted.
+    pub counted: bool,
+    /// It started a block of this many ms.
+    pub block_ms: Option<u64>,
+    /// A slot that never held a record now holds one.
+    pub newly_used: bool,
+    /// Every candidate slot holds another client's live block: this client is not tracked.
+    pub untracked: bool,
+}
+
+/// Records the end of a request: releases its reservation, and counts it when it failed.
+pub fn finish<S: SharedStore>(
+    store: &S,
+    table: &SlotTable,
+    config: &RateLimitConfig,
+    client: &Fingerprint,
+    now_ms: u64,
+    failed: bool,
+    reservation: Option<u64>,
+) -> Result<Outcome, StoreError> {
+    let mut outcome = Outcome::default();
+    let written = table.update(store, client, |slots| {
+        outcome = Outcome::default();
+        if let Some((position, mut record)) = own_position(slots, client, config.epoch) {
+            let before = record;
+            if reservation.is_some_and(|start| start == record.window_start_ms) {
+                record.inflight = record.inflight.saturating_sub(1);
+            }
+            if failed && !record.blocked_at(now_ms) {
+                outcome.counted = true;
+                outcome.block_ms = record.count_failure(now_ms, config);
+            }
+            return (record != before).then(|| Write {
+                candidate: position,
+                bytes: record.encode(),
+            });
+        }
+        if !failed {
+            return None;
+        }
+        let mut record = ClientRecord {
+            epoch: config.epoch,
+            client: *client,
+            ..ClientRecord::default()
+        };
+        outcome.counted = true;
+        outcome.block_ms = record.count_failure(now_ms, config);
+        let Some(position) = place_new(slots, &record, now_ms, config) else {
+            outcome = Outcome {
+                untracked: true,
+                ..Outcome::default()
+            };
+            return None;
+        };
+        Some(Write {
+            candidate: position,
+            bytes: record.encode(),
+        })
+    })?;
+    if let Some((slot, _)) = written {
+        outcome.newly_used = slot.bytes.is_empty();
+    }
+    Ok(outcome)
+}
+
+/// Where a new client goes: an empty or unreadable slot, else an expired one, else the live
+/// one with fewer failures. A live block is replaced only by another block (the one ending
+/// first), so rotating addresses cannot wipe other clients' blocks.
+fn place_new(
+    slots: &[Slot; 2],
+    new: &ClientRecord,
+    now_ms: u64,
+    config: &RateLimitConfig,
+) -> Option<usize> {
+    let new_is_block = new.blocked_at(now_ms);
+    let rank = |slot: &Slot| -> Option<(u8, u64)> {
+        match ClientRecord::decode(&slot.bytes) {
+            Decoded::Empty | Decoded::Unreadable => Some((0, 0)),
+            Decoded::Record(old) if old.epoch != config.epoch => Some((0, 0)),
+            Decoded::Record(old) if old.expired(now_ms, config) => Some((1, 0)),
+            Decoded::Record(old) if !old.blocked_at(now_ms) => Some((2, u64::from(old.failures))),
+            Decoded::Record(old) if new_is_block => Some((3, old.block_until_ms)),
+            Decoded::Record(_) => None,
+        }
+    };
+    slots
+        .iter()
+        .enumerate()
+        .filter_map(|(position, slot)| rank(slot).map(|r| (r, position)))
+        .min()
+        .map(|(_, position)| position)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::slots::memory::MemoryStore;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn config(json: &str) -> RateLimitConfig {
+        Config::parse(json.as_bytes()).unwrap().rate_limit
+    }
+
+    fn client(n: u8) -> Fingerprint {
+        let mut bytes = [n; 16];
+        bytes[8] = n.wrapping_mul(31).wrapping_add(7);
+        Fingerprint(bytes)
+    }
+
+    struct Limiter {
+        store: MemoryStore,
+        table: SlotTable,
+        config: RateLimitConfig,
+    }
+
+    impl Limiter {
+        fn new(json: &str) -> Limiter {
+            let config = config(json);
+            let store = MemoryStore::default();
+            let table = table(config.capacity);
+            table.create_slots(&store).unwrap();
+            Limiter {
+                store,
+                table,
+                config,
+            }
+        }
+
+        fn admit(&self, who: u8, now: u64) -> Admission {
+            admit(&self.store, &self.table, &self.config, &client(who), now).unwrap()
+        }
+
+        fn fail(&self, who: u8, now: u64, reservation: Option<u64>) -> Outcome {
+            finish(
+                &self.store,
+                &self.table,
+                &self.config,
+                &client(who),
+                now,
+                true,
+                reservation,
+            )
+            .unwrap()
+        }
+
+        fn succeed(&self, who: u8, now: u64, reservation: Option<u64>) -> Outcome {
+            finish(
+                &self.store,
+                &self.table,
+                &self.config,
+                &client(who),
+                now,
+                false,
+                reservation,
+            )
+            .unwrap()
+        }
+
+        /// A sequential request: admitted, then failing.
+        fn attempt(&self, who: u8, now: u64) -> Admission {
+            let admission = self.admit(who, now);
+            let reservation = match admission {
+                Admission::Pass => None,
+                Admission::Reserved { window_start_ms } => Some(window_start_ms),
+                _ => return admission,
+            };
+            self.fail(who, now, reservation);
+            admission
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let record = ClientRecord {
+            epoch: 3,
+            client: client(9),
+            window_start_ms: 11,
+            failures: 4,
+            inflight: 2,
+            block_until_ms: u64::MAX - 1,
+            block_len_ms: 300_000,
+        };
+        let bytes = record.encode();
+        assert_eq!(bytes.len(), RECORD_LEN);
+        assert_eq!(ClientRecord::decode(&bytes), Decoded::Record(record));
+        assert_eq!(ClientRecord::decode(&bytes[..10]), Decoded::Unreadable);
+        assert_eq!(ClientRecord::decode(b""), Decoded::Empty);
+    }
+
+    #[test]
+    fn good_traffic_is_never_written() {
+        let limiter = Limiter::new("{}");
+        let writes = limiter.store.writes.get();
+        for n in 0..50 {
+            assert_eq!(limiter.admit(n, T0), Admission::Pass);
+            limiter.succeed(n, T0, None);
+        }
+        assert_eq!(limiter.store.writes.get(), writes);
+    }
+
+    #[test]
+    fn the_block_starts_exactly_at_failure_max_plus_one() {
+        let limiter = Limiter::new(r#"{"rate_limit": {"max_failures": 3}}"#);
+        for n in 0..4 {
+            let admission = limiter.attempt(1, T0 + n);
+            assert!(
+                !matches!(admission, Admission::Blocked { .. }),
+                "attempt {n}"
+            );
+        }
+        assert_eq!(
+            limiter.admit(1, T0 + 10),
+            Admission::Blocked {
+                until_ms: T0 + 3 + 300_000
+            }
+        );
+        assert_eq!(
+            limiter.admit(2, T0 + 10),
+            Admission::Pass,
+            "others unaffected"
+        );
+    }
+
+    #[test]
+    fn blocked_retries_do_not_extend_the_block_and_it_ends_on_time() {
+        let limiter = Limiter::new(
+            r#"{"rate_limit": {"max_failures": 1, "block_seconds": 10, "escalation": null}}"#,
+        );
+        limiter.attempt(1, T0);
+        limiter.attempt(1, T0 + 1);
+        let until = T0 + 1 + 10_000;
+        for t in (T0 + 2..until).step_by(1_000) {
+            assert_eq!(
+                limiter.attempt(1, t),
+                Admission::Blocked { until_ms: until }
+            );
+            // A request that started before the block and failed late is not counted either.
+            assert!(!limiter.fail(1, t, None).counted);
+        }
+        assert_eq!(limiter.admit(1, until), Admission::Pass);
+    }
+
+    #[test]
+    fn the_window_is_fixed_from_the_first_failure() {
+        let limiter = Limiter::new(r#"{"rate_limit": {"max_failures": 2, "window_seconds": 60}}"#);
+        limiter.attempt(1, T0);
+        limiter.attempt(1, T0 + 30_000);
+        // The window opened at T0 has closed: this failure opens a new one.
+        limiter.attempt(1, T0 + 60_000);
+        limiter.attempt(1, T0 + 61_000);
+        // Two failures in the new window: still admitted (with a reservation), not blocked.
+        assert!(matches!(
+            limiter.attempt(1, T0 + 62_000),
+            Admission::Reserved { .. }
+        ));
+        assert!(matches!(
+            limiter.admit(1, T0 + 62_001),
+            Admission::Blocked { .. }
+        ));
+    }
+
+    #[test]
+    fn escalation_multiplies_and_caps_repeat_blocks() {
+        let limiter = Limiter::new(
+            r#"{"rate_limit": {"max_failures": 0, "block_seconds": 10,
+                "escalation": {"factor": 2, "max_block_seconds": 30}}}"#,
+        );
+        let mut now = T0;
+        for expected in [10_000, 20_000, 30_000, 30_000] {
+            limiter.attempt(1, now);
+            let Admission::Blocked { until_ms } = limiter.admit(1, now + 1) else {
+                panic!("not blocked");
+            };
+            assert_eq!(until_ms - now, expected);
+            now = until_ms;
+        }
+        // Longer than max_block_seconds without a block: back to block_seconds.
+        now += 31_000;
+        limiter.attempt(1, now);
+        let Admission::Blocked { until_ms } = limiter.admit(1, now) else {
+            panic!("not blocked");
+        };
+        assert_eq!(until_ms - now, 10_000);
+    }
+
+    #[test]
+    fn a_parallel_burst_after_a_failure_is_bounded() {
+        let limiter = Limiter::new(r#"{"rate_limit": {"max_failures": 3}}"#);
+        limiter.attempt(1, T0);
+        // failures = 1: at most 3 + 1 - 1 = 3 in flight.
+        let admissions: Vec<Admission> = (0..6).map(|n| limiter.admit(1, T0 + 1 + n)).collect();
+        let reserved: Vec<u64> = admissions
+            .iter()
+            .filter_map(|a| match a {
+                Admission::Reserved { window_start_ms } => Some(*window_start_ms),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reserved.len(), 3);
+        assert_eq!(
+            admissions
+                .iter()
+                .filter(|a| **a == Admission::InflightFull)
+                .count(),
+            3
+        );
+        // All three fail: exactly the block.
+        let blocks: Vec<Outcome> = reserved
+            .iter()
+            .map(|r| limiter.fail(1, T0 + 10, Some(*r)))
+            .collect();
+        assert_eq!(blocks.iter().filter(|o| o.block_ms.is_some()).count(), 1);
+        assert!(matches!(
+            limiter.admit(1, T0 + 11),
+            Admission::Blocked { .. }
+        ));
+    }
+
+    #[test]
+    fn successful_requests_release_their_place() {
+        let limiter = Limiter::new(r#"{"rate_limit": {"max_failures": 1}}"#);
+        limiter.attempt(1, T0);
+        let Admission::Reserved { window_start_ms } = limiter.admit(1, T0 + 1) else {
+            panic!("a failing client reserves");
+        };
+        assert_eq!(limiter.admit(1, T0 + 2), Admission::InflightFull);
+        limiter.succeed(1, T0 + 3, Some(window_start_ms));
+        assert!(matches!(
+            limiter.admit(1, T0 + 4),
+            Admission::Reserved { .. }
+        ));
+    }
+
+    #[test]
+    fn epoch_forgets_every_counter_and_block() {
+        let mut limiter = Limiter::new(r#"{"rate_limit": {"max_failures": 0}}"#);
+        limiter.attempt(1, T0);
+        assert!(matches!(
+            limiter.admit(1, T0 + 1),
+            Admission::Blocked { .. }
+        ));
+        limiter.config.epoch = 1;
+        assert_eq!(limiter.admit(1, T0 + 2), Admission::Pass);
+    }
+
+    #[test]
+    fn live_blocks_survive_a_flood_of_new_clients() {
+        let mut limiter = Limiter::new(r#"{"rate_limit": {"max_failures": 0, "capacity": 4}}"#);
+        for n in 0..4 {
+            limiter.attempt(n, T0);
+        }
+        let blocked: Vec<u8> = (0..4)
+            .filter(|n| matches!(limiter.admit(*n, T0 + 1), Admission::Blocked { .. }))
+            .collect();
+        assert!(!blocked.is_empty());
+        // Rotating addresses, each failing once (not enough for a block), never evict a block.
+        limiter.config.max_failures = 5;
+        for n in 10..200 {
+            let outcome = limiter.fail(n, T0 + 2, None);
+            assert!(outcome.counted || outcome.untracked);
+        }
+        for n in &blocked {
+            assert!(
+                matches!(limiter.admit(*n, T0 + 3), Admission::Blocked { .. }),
+                "client {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_table_takes_the_slot_with_fewer_failures() {
+        let limiter = Limiter::new(r#"{"rate_limit": {"max_failures": 100, "capacity": 2}}"#);
+        for _ in 0..5 {
+            limiter.fail(1, T0, None);
+        }
+        limiter.fail(2, T0, None);
+        let outcome = limiter.fail(3, T0, None);
+        assert!(outcome.counted && !outcome.newly_used);
+        assert!(
+            matches!(limiter.admit(1, T0 + 1), Admission::Reserved { .. }),
+            "the heavier client stays"
+        );
+        assert_eq!(
+            limiter.admit(2, T0 + 1),
+            Admission::Pass,
+            "the lighter one was replaced"
+        );
+    }
+
+    #[test]
+    fn concurrent_updates_lose_nothing() {
+        let limiter = Limiter::new(r#"{"rate_limit": {"max_failures": 5}}"#);
+        for n in 0..5 {
+            limiter.store.conflicts.set(2);
+            limiter.fail(1, T0 + n, None);
+        }
+        limiter.store.conflicts.set(3);
+        let outcome = limiter.fail(1, T0 + 9, None);
+        assert!(outcome.block_ms.is_some(), "the sixth failure blocks");
+    }
+
+    #[test]
+    fn retry_after_rounds_up_and_is_never_zero() {
+        assert_eq!(retry_after_seconds(T0 + 1, T0), 1);
+        assert_eq!(retry_after_seconds(T0 + 1_001, T0), 2);
+        assert_eq!(retry_after_seconds(T0, T0), 1);
+        assert_eq!(retry_after_seconds(T0 - 5, T0), 1);
+    }
+}
