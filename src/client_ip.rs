@@ -38,7 +38,9 @@ pub fn resolve(
     let Some(peer) = peer else {
         return resolution;
     };
-    if !contains(&config.trusted_proxies, peer.ip) {
+    // A port-0 peer was taken from the client's own X-Forwarded-For: it cannot vouch for
+    // anything, whatever its address.
+    if resolution.header_derived_peer || !contains(&config.trusted_proxies, peer.ip) {
         resolution.untrusted_header = config
             .headers
             .iter()
@@ -208,6 +210,20 @@ mod tests {
         assert!(!honest.untrusted_header);
         assert!(!honest.header_derived_peer);
         assert!(resolve_with(&config, "203.0.113.9:0", &[]).header_derived_peer);
+    }
+
+    #[test]
+    fn a_peer_envoy_took_from_x_forwarded_for_is_never_trusted() {
+        let config = config(BEHIND_LB);
+        let spoof = [("x-forwarded-for", "1.2.3.4, 10.0.0.1")];
+        assert_eq!(
+            client(&config, "10.0.0.1:0", &spoof).as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(
+            client(&config, "10.0.0.1:1234", &spoof).as_deref(),
+            Some("1.2.3.4")
+        );
     }
 
     #[test]
