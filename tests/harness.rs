@@ -1,10 +1,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! Smoke tests of the end-to-end harness itself, with a plain Envoy (no
-//! wasm filter): if these fail, the filter's end-to-end tests prove nothing.
+//! Smoke tests of the end-to-end harness itself, mostly with a plain Envoy
+//! (no wasm filter): if these fail, the filter's end-to-end tests prove
+//! nothing. The last one reconfigures the real filter on a running Envoy.
 
 mod common;
 
 use common::{Envoy, EnvoyOptions, Response, Upstream};
+use serde_json::json;
 
 #[test]
 fn request_reaches_upstream_and_connections_spread_over_both_workers() {
@@ -78,4 +80,65 @@ fn upstream_bodies_chunks_and_early_end_reach_the_client() {
     let mut conn = envoy.connect();
     assert_eq!(conn.get("/echo", &[]).status, 200);
     assert_eq!(conn.get("/nope", &[]).status, 404);
+}
+
+#[test]
+fn reconfigure_replaces_the_plugin_configuration_and_keeps_the_vm() {
+    let upstream = Upstream::always(Response::new(401).json(r#"{"error":"invalid token"}"#));
+    let envoy = Envoy::start(EnvoyOptions {
+        dynamic_listener: true,
+        ..EnvoyOptions::new(upstream.port(), json!({"rate_limit": {"enabled": false}}))
+    });
+    assert!(!envoy.config_yaml().contains("filter_chains"));
+    assert!(envoy.listener_config_yaml().contains("negcache"));
+    let auth = [("authorization", "Bearer t1")];
+
+    let first = envoy.get("/", &auth);
+    assert_eq!((first.status, first.header("x-negcache")), (401, None));
+    let hit = envoy.get("/", &auth);
+    assert_eq!((hit.status, hit.header("x-negcache")), (401, Some("hit")));
+    assert_eq!(upstream.count(), 1);
+    envoy.wait_metric("negcache_stores_total", 1);
+
+    // A new cache epoch: entries stored before no longer answer.
+    envoy.reconfigure(json!({
+        "rate_limit": {"enabled": false},
+        "negative_cache": {"epoch": 1}
+    }));
+    assert!(envoy.listener_config_yaml().contains(r#"\"epoch\":1"#));
+    let miss = envoy.get("/", &auth);
+    assert_eq!((miss.status, miss.header("x-negcache")), (401, None));
+    assert_eq!(upstream.count(), 2);
+    let hit = envoy.get("/", &auth);
+    assert_eq!((hit.status, hit.header("x-negcache")), (401, Some("hit")));
+    assert_eq!(upstream.count(), 2);
+    // Same VM: the process-wide metric went on counting.
+    envoy.wait_metric("negcache_stores_total", 2);
+    assert_eq!(envoy.stat("listener_manager.lds.update_success"), 2);
+
+    // on_configure refuses this: the update is rejected, the epoch-1
+    // configuration keeps serving.
+    let log = envoy
+        .try_reconfigure(json!({"negative_cache": {"capacity": 0}}))
+        .expect_err("capacity 0 must be rejected");
+    assert!(log.contains("capacity"), "log tail:\n{log}");
+    assert_eq!(envoy.stat("listener_manager.lds.update_rejected"), 1);
+    let still = envoy.get("/", &auth);
+    assert_eq!(
+        (still.status, still.header("x-negcache")),
+        (401, Some("hit"))
+    );
+    assert_eq!(upstream.count(), 2);
+
+    // A valid configuration after the rejected one is taken.
+    envoy.reconfigure(json!({
+        "rate_limit": {"enabled": false},
+        "negative_cache": {"epoch": 2}
+    }));
+    let miss = envoy.get("/", &auth);
+    assert_eq!((miss.status, miss.header("x-negcache")), (401, None));
+    assert_eq!(upstream.count(), 3);
+    let hit = envoy.get("/", &auth);
+    assert_eq!((hit.status, hit.header("x-negcache")), (401, Some("hit")));
+    assert_eq!(upstream.count(), 3);
 }

@@ -14,6 +14,12 @@
 //! assert_eq!(upstream.count(), 1);
 //! ```
 //!
+//! To change the filter's configuration while Envoy runs (same VM, same
+//! shared data, only `on_configure` again), start it with
+//! `EnvoyOptions { dynamic_listener: true, .. }` and call
+//! `envoy.reconfigure(json!({ ... }))` (or `try_reconfigure` for a
+//! configuration the filter should refuse).
+//!
 //! Paths: Envoy from `ENVOY_BIN` (default `.venv/bin/envoy`), the filter
 //! from `NEGCACHE_WASM` (default `target/wasm32-wasip1/release/negcache.wasm`);
 //! `make test` sets both. Set `NEGCACHE_KEEP_TMP=1` to keep each test's temp
@@ -906,6 +912,11 @@ pub struct EnvoyOptions {
     pub component_log_level: Option<String>,
     /// `--concurrency` (worker threads).
     pub concurrency: u32,
+    /// Serve the listener through LDS from a file in the Envoy's temp dir
+    /// instead of `static_resources`, so that [`Envoy::reconfigure`] can
+    /// change the filter's configuration while Envoy runs (same VM, same
+    /// shared data). Also sets `--drain-time-s 1`.
+    pub dynamic_listener: bool,
 }
 
 impl Default for EnvoyOptions {
@@ -922,6 +933,7 @@ impl Default for EnvoyOptions {
             extra_clusters: String::new(),
             component_log_level: None,
             concurrency: 2,
+            dynamic_listener: false,
         }
     }
 }
@@ -979,10 +991,146 @@ fn reindent(text: &str, by: usize) -> String {
     out
 }
 
-/// Envoy bootstrap YAML for `opts`: listener 127.0.0.1:`listener_port`
-/// (all paths, any authority, to the upstream), admin on `admin_port`, the
-/// filter loaded from `wasm` (absolute path), a JSON access log at
-/// `access_log`.
+/// `text` (YAML at indentation 0) as one list item (`- ` before its first
+/// line) indented by `by` spaces.
+fn yaml_list_item(text: &str, by: usize) -> String {
+    let pad = " ".repeat(by);
+    let mut out = String::new();
+    for (i, line) in text.lines().enumerate() {
+        out.push_str(&pad);
+        out.push_str(if i == 0 { "- " } else { "  " });
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The file holding the listener (an LDS `DiscoveryResponse`) when
+/// [`EnvoyOptions::dynamic_listener`] is set, in the Envoy's own dir.
+pub fn lds_path(dir: &Path) -> PathBuf {
+    dir.join("listeners.yaml")
+}
+
+/// The `ingress` listener (an `envoy.config.listener.v3.Listener`) as YAML
+/// at indentation 0: 127.0.0.1:`listener_port`, all paths and authorities
+/// to the upstream cluster, the filter loaded from `wasm` (absolute path)
+/// with `opts`' plugin configuration, a JSON access log at `access_log`.
+/// The one definition of the listener: [`bootstrap_yaml`] embeds it in
+/// `static_resources`, [`lds_yaml`] in an LDS response.
+pub fn listener_yaml(
+    opts: &EnvoyOptions,
+    listener_port: u16,
+    wasm: &Path,
+    access_log: &Path,
+) -> String {
+    let mut filters = reindent(&opts.extra_http_filters, 6);
+    if opts.with_filter {
+        let mut wasm_filter = format!(
+            r#"- name: envoy.filters.http.wasm
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+    config:
+      name: negcache
+      root_id: negcache
+      failure_policy: {policy}
+      configuration:
+        "@type": type.googleapis.com/google.protobuf.StringValue
+        value: {config}
+      vm_config:
+        vm_id: negcache
+        runtime: envoy.wasm.runtime.v8
+        code:
+          local:
+            filename: {wasm}
+"#,
+            policy = opts.failure_policy.as_yaml(),
+            config = yaml_str(&opts.plugin_json()),
+            wasm = yaml_str(&wasm.to_string_lossy()),
+        );
+        if !opts.vm_env.is_empty() {
+            wasm_filter.push_str("        environment_variables:\n");
+            wasm_filter.push_str("          key_values:\n");
+            for (k, v) in &opts.vm_env {
+                let _ = writeln!(wasm_filter, "            {}: {}", yaml_str(k), yaml_str(v));
+            }
+        }
+        filters.push_str(&reindent(&wasm_filter, 6));
+    }
+    filters.push_str(
+        r#"      - name: envoy.filters.http.router
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#,
+    );
+    format!(
+        r#"name: ingress
+address:
+  socket_address: {{ address: 127.0.0.1, port_value: {listener_port} }}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: ingress_http
+      use_remote_address: {use_remote_address}
+      normalize_path: true
+      merge_slashes: true
+      access_log:
+      - name: envoy.access_loggers.file
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+          path: {access_log}
+          log_format:
+            json_format:
+              method: "%REQ(:METHOD)%"
+              path: "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
+              status: "%RESPONSE_CODE%"
+              negcache: "%FILTER_STATE(wasm.negcache_decision:PLAIN)%"
+              client: "%FILTER_STATE(wasm.negcache_client:PLAIN)%"
+              downstream: "%DOWNSTREAM_REMOTE_ADDRESS%"
+              upstream_host: "%UPSTREAM_HOST%"
+              response_flags: "%RESPONSE_FLAGS%"
+              details: "%RESPONSE_CODE_DETAILS%"
+      route_config:
+        name: all
+        virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+          - match: {{ prefix: "/" }}
+            route: {{ cluster: upstream }}
+      http_filters:
+{filters}"#,
+        use_remote_address = opts.use_remote_address,
+        access_log = yaml_str(&access_log.to_string_lossy()),
+    )
+}
+
+/// The LDS file's content: a `DiscoveryResponse` with `version_info` and
+/// the [`listener_yaml`] listener as its one resource.
+pub fn lds_yaml(
+    opts: &EnvoyOptions,
+    listener_port: u16,
+    wasm: &Path,
+    access_log: &Path,
+    version: u64,
+) -> String {
+    let listener = format!(
+        "\"@type\": type.googleapis.com/envoy.config.listener.v3.Listener\n{}",
+        listener_yaml(opts, listener_port, wasm, access_log)
+    );
+    format!(
+        "# Generated by tests/common/mod.rs\nversion_info: \"{version}\"\nresources:\n{}",
+        yaml_list_item(&listener, 0)
+    )
+}
+
+/// Envoy bootstrap YAML for `opts`: the [`listener_yaml`] listener, admin
+/// on `admin_port`, the upstream cluster (and `opts.extra_clusters`).
+/// The listener is in `static_resources`, or with `opts.dynamic_listener`
+/// served by LDS from [`lds_path`] in `access_log`'s directory (the Envoy's
+/// temp dir, watched for files moved into it; LDS also needs a `node`);
+/// write that file with [`lds_yaml`].
 pub fn bootstrap_yaml(
     opts: &EnvoyOptions,
     listener_port: u16,
@@ -990,97 +1138,40 @@ pub fn bootstrap_yaml(
     wasm: &Path,
     access_log: &Path,
 ) -> String {
-    let mut filters = reindent(&opts.extra_http_filters, 10);
-    if opts.with_filter {
-        let mut env = String::new();
-        if !opts.vm_env.is_empty() {
-            env.push_str("                  environment_variables:\n");
-            env.push_str("                    key_values:\n");
-            for (k, v) in &opts.vm_env {
-                let _ = writeln!(
-                    env,
-                    "                      {}: {}",
-                    yaml_str(k),
-                    yaml_str(v)
-                );
-            }
-        }
-        let _ = write!(
-            filters,
-            r#"          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: negcache
-                root_id: negcache
-                failure_policy: {policy}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {config}
-                vm_config:
-                  vm_id: negcache
-                  runtime: envoy.wasm.runtime.v8
-                  code:
-                    local:
-                      filename: {wasm}
-{env}"#,
-            policy = opts.failure_policy.as_yaml(),
-            config = yaml_str(&opts.plugin_json()),
-            wasm = yaml_str(&wasm.to_string_lossy()),
-        );
-    }
-    filters.push_str(
-        r#"          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#,
-    );
-    let extra_clusters = reindent(&opts.extra_clusters, 4);
-    format!(
+    let mut yaml = format!(
         r#"# Generated by tests/common/mod.rs
 admin:
   address:
     socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
+"#
+    );
+    if opts.dynamic_listener {
+        let dir = access_log.parent().unwrap_or(Path::new("."));
+        let _ = write!(
+            yaml,
+            r#"node: {{ id: negcache-test, cluster: negcache-test }}
+dynamic_resources:
+  lds_config:
+    resource_api_version: V3
+    path_config_source:
+      path: {lds}
+      watched_directory:
+        path: {dir}
 static_resources:
-  listeners:
-  - name: ingress
-    address:
-      socket_address: {{ address: 127.0.0.1, port_value: {listener_port} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress_http
-          use_remote_address: {use_remote_address}
-          normalize_path: true
-          merge_slashes: true
-          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: {access_log}
-              log_format:
-                json_format:
-                  method: "%REQ(:METHOD)%"
-                  path: "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
-                  status: "%RESPONSE_CODE%"
-                  negcache: "%FILTER_STATE(wasm.negcache_decision:PLAIN)%"
-                  client: "%FILTER_STATE(wasm.negcache_client:PLAIN)%"
-                  downstream: "%DOWNSTREAM_REMOTE_ADDRESS%"
-                  upstream_host: "%UPSTREAM_HOST%"
-                  response_flags: "%RESPONSE_FLAGS%"
-                  details: "%RESPONSE_CODE_DETAILS%"
-          route_config:
-            name: all
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: upstream }}
-          http_filters:
-{filters}  clusters:
+"#,
+            lds = yaml_str(&lds_path(dir).to_string_lossy()),
+            dir = yaml_str(&dir.to_string_lossy()),
+        );
+    } else {
+        yaml.push_str("static_resources:\n  listeners:\n");
+        yaml.push_str(&yaml_list_item(
+            &listener_yaml(opts, listener_port, wasm, access_log),
+            2,
+        ));
+    }
+    let _ = write!(
+        yaml,
+        r#"  clusters:
   - name: upstream
     type: STATIC
     connect_timeout: 2s
@@ -1092,10 +1183,10 @@ static_resources:
             address:
               socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }}
 {extra_clusters}"#,
-        use_remote_address = opts.use_remote_address,
-        access_log = yaml_str(&access_log.to_string_lossy()),
         upstream_port = opts.upstream_port,
-    )
+        extra_clusters = reindent(&opts.extra_clusters, 2),
+    );
+    yaml
 }
 
 /// One access log line (the test bootstrap logs JSON).
@@ -1145,6 +1236,11 @@ pub struct Envoy {
     log_path: PathBuf,
     access_log_path: PathBuf,
     config_path: PathBuf,
+    /// What it was started with; `reconfigure` renders the listener from it.
+    opts: EnvoyOptions,
+    wasm: PathBuf,
+    /// The LDS file's `version_info`; the lock also serializes reconfigures.
+    lds_version: Mutex<u64>,
     dir: TempDir,
 }
 
@@ -1184,6 +1280,10 @@ impl Envoy {
             let admin_port = free_port();
             let yaml = bootstrap_yaml(&opts, port, admin_port, &wasm, &access_log_path);
             fs::write(&config_path, yaml).expect("write envoy.yaml");
+            if opts.dynamic_listener {
+                let lds = lds_yaml(&opts, port, &wasm, &access_log_path, 1);
+                fs::write(lds_path(dir.path()), lds).expect("write listeners.yaml");
+            }
             let log = File::create(&log_path).expect("create envoy.log");
             let mut cmd = Command::new(&bin);
             cmd.arg("-c")
@@ -1199,10 +1299,21 @@ impl Envoy {
             if let Some(level) = &opts.component_log_level {
                 cmd.args(["--component-log-level", level]);
             }
+            if opts.dynamic_listener {
+                // A replaced listener's old filter chains drain for this
+                // long (default 600 s) before they are removed.
+                cmd.args(["--drain-time-s", "1"]);
+            }
             let mut child = cmd
                 .spawn()
                 .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-            match wait_ready(&mut child, port, admin_port, &log_path) {
+            match wait_ready(
+                &mut child,
+                port,
+                admin_port,
+                &log_path,
+                opts.dynamic_listener,
+            ) {
                 Ok(()) => {
                     return Ok(Envoy {
                         child,
@@ -1211,6 +1322,9 @@ impl Envoy {
                         log_path,
                         access_log_path,
                         config_path,
+                        opts,
+                        wasm,
+                        lds_version: Mutex::new(1),
                         dir,
                     })
                 }
@@ -1244,6 +1358,128 @@ impl Envoy {
 
     pub fn config_yaml(&self) -> String {
         fs::read_to_string(&self.config_path).unwrap_or_default()
+    }
+
+    /// The LDS file as last written (with `dynamic_listener`), else "".
+    pub fn listener_config_yaml(&self) -> String {
+        if !self.opts.dynamic_listener {
+            return String::new();
+        }
+        fs::read_to_string(lds_path(self.dir.path())).unwrap_or_default()
+    }
+
+    // -- live reconfiguration ----------------------------------------------
+
+    /// Gives the running filter a new configuration (requires
+    /// [`EnvoyOptions::dynamic_listener`]): the listener is updated through
+    /// LDS with `plugin_config`, the rest unchanged. The wasm VM and its
+    /// shared data stay (same `vm_id`, same code); only `on_configure` runs
+    /// again, on the main thread and on every worker. Returns once new
+    /// connections get the new configuration. Panics with the log tail if
+    /// Envoy rejects the update (see [`Envoy::try_reconfigure`]) or it does
+    /// not take effect within 20 s.
+    ///
+    /// Connections kept alive from before may still see the old
+    /// configuration until they close (the client's one-shot requests use a
+    /// fresh connection each).
+    pub fn reconfigure(&self, plugin_config: Value) {
+        if let Err(log) = self.try_reconfigure(plugin_config) {
+            panic!("Envoy rejected the new listener. Its log ends with:\n{log}");
+        }
+    }
+
+    /// Like [`Envoy::reconfigure`], but `Err(log tail)` when Envoy rejects
+    /// the update (`listener_manager.lds.update_rejected` went up, e.g. the
+    /// filter's `on_configure` refused the configuration): the old listener
+    /// and configuration keep serving. Still panics if nothing happens
+    /// within 20 s.
+    pub fn try_reconfigure(&self, plugin_config: Value) -> Result<(), String> {
+        assert!(
+            self.opts.dynamic_listener,
+            "reconfigure needs EnvoyOptions.dynamic_listener"
+        );
+        let mut version = self.lds_version.lock().expect("lds version lock");
+        let success = "listener_manager.lds.update_success";
+        let rejected = "listener_manager.lds.update_rejected";
+        let modified = "listener_manager.listener_modified";
+        // Once per worker each time a worker has taken a listener.
+        let created = "listener_manager.listener_create_success";
+        let (success0, rejected0, modified0, created0) = (
+            self.stat(success),
+            self.stat(rejected),
+            self.stat(modified),
+            self.stat(created),
+        );
+        let workers = self.stat("server.concurrency");
+
+        *version += 1;
+        let opts = EnvoyOptions {
+            plugin_config,
+            plugin_config_raw: None,
+            ..self.opts.clone()
+        };
+        let yaml = lds_yaml(
+            &opts,
+            self.port,
+            &self.wasm,
+            &self.access_log_path,
+            *version,
+        );
+        // Envoy reloads on a file moved into the watched dir: write aside,
+        // then rename over the listener file.
+        let path = lds_path(self.dir.path());
+        let tmp = path.with_extension("yaml.tmp");
+        fs::write(&tmp, yaml).expect("write listeners.yaml.tmp");
+        fs::rename(&tmp, &path).expect("rename listeners.yaml.tmp");
+
+        let timeout = Duration::from_secs(20);
+        let deadline = Instant::now() + timeout;
+        let mut state = String::new();
+        loop {
+            let stat = |name: &str| {
+                admin_stat(self.admin_port, name).unwrap_or_else(|e| {
+                    panic!(
+                        "reconfigure: admin API gone ({e}). Envoy's log ends with:\n{}",
+                        tail(&self.log(), 60)
+                    )
+                })
+            };
+            if stat(rejected) > rejected0 {
+                return Err(tail(&self.log(), 40));
+            }
+            // `listener_modified` goes up before `update_success` does.
+            if stat(success) > success0 {
+                if stat(modified) == modified0 {
+                    return Ok(()); // same listener as before: nothing to do
+                }
+                let (warming, active, created) = (
+                    stat("listener_manager.total_listeners_warming"),
+                    stat("listener_manager.total_listeners_active"),
+                    stat(created),
+                );
+                if warming == 0 && active == 1 && created >= created0 + workers {
+                    return Ok(());
+                }
+                state = format!(
+                    "warming {warming}, active {active}, \
+                     {} of {workers} workers took the listener",
+                    created - created0
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reconfigure: LDS update {} not in effect after {timeout:?} ({}). \
+                 Envoy's log ends with:\n{}",
+                *version,
+                if state.is_empty() {
+                    "not applied"
+                } else {
+                    &state
+                },
+                tail(&self.log(), 60)
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Whether the Envoy process is still running.
@@ -1319,22 +1555,7 @@ impl Envoy {
     /// A counter or gauge by its full name (`wasmcustom.negcache_hits_total`,
     /// `http.ingress_http.downstream_rq_total`); 0 when absent.
     pub fn stat(&self, name: &str) -> u64 {
-        let mut regex = String::from("^");
-        for c in name.chars() {
-            if !c.is_ascii_alphanumeric() && c != '_' {
-                regex.push('\\');
-            }
-            regex.push(c);
-        }
-        regex.push('$');
-        let resp = self.admin(&format!("/stats?filter={}", percent_encode(&regex)));
-        assert_eq!(resp.status, 200, "admin /stats: {}", resp.body_str());
-        resp.body_str()
-            .lines()
-            .filter_map(|line| line.split_once(": "))
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .unwrap_or(0)
+        admin_stat(self.admin_port, name).unwrap_or_else(|e| panic!("admin /stats: {e}"))
     }
 
     /// A filter metric: `stat("wasmcustom.<name>")`.
@@ -1457,16 +1678,74 @@ fn read_log(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_default()
 }
 
+/// A stat by its full name from the admin API on `admin_port` (0 when
+/// absent); `Err` when the admin API does not answer.
+fn admin_stat(admin_port: u16, name: &str) -> Result<u64, String> {
+    let mut regex = String::from("^");
+    for c in name.chars() {
+        if !c.is_ascii_alphanumeric() && c != '_' {
+            regex.push('\\');
+        }
+        regex.push(c);
+    }
+    regex.push('$');
+    let path = format!("/stats?filter={}", percent_encode(&regex));
+    let addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let resp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .and_then(|stream| {
+            stream.set_read_timeout(Some(WAIT))?;
+            stream.set_write_timeout(Some(WAIT))?;
+            stream
+                .try_clone()?
+                .write_all(&format_request("GET", &path, &[], b"", true))?;
+            read_response(&mut BufReader::new(stream), false)
+        })
+        .map_err(|e| format!("GET {path} on :{admin_port}: {e}"))?;
+    if resp.status != 200 {
+        return Err(format!("GET {path}: {} {}", resp.status, resp.body_str()));
+    }
+    Ok(resp
+        .body_str()
+        .lines()
+        .filter_map(|line| line.split_once(": "))
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
 /// Waits until admin `/ready` is 200 and the listener accepts; `Err(log)`
-/// if Envoy exits or is not ready in time.
-fn wait_ready(child: &mut Child, port: u16, admin_port: u16, log: &Path) -> Result<(), String> {
+/// if Envoy exits, rejects its LDS listener (`dynamic`) or is not ready in
+/// time.
+fn wait_ready(
+    child: &mut Child,
+    port: u16,
+    admin_port: u16,
+    log: &Path,
+    dynamic: bool,
+) -> Result<(), String> {
     let deadline = Instant::now() + WAIT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("{}\n[envoy exited: {status}]", read_log(log)));
         }
-        if admin_ready(admin_port) && listener_accepts(port) {
-            return Ok(());
+        if admin_ready(admin_port) {
+            if !dynamic {
+                // A static listener that cannot bind makes Envoy exit.
+                if listener_accepts(port) {
+                    return Ok(());
+                }
+            } else {
+                // A rejected LDS listener (e.g. its port is taken) does not
+                // stop Envoy: it runs on without one, and what accepts on
+                // the port may be someone else.
+                let stat = |name| admin_stat(admin_port, name).unwrap_or(0);
+                if stat("listener_manager.lds.update_rejected") > 0 {
+                    return Err(format!("{}\n[listener rejected]", read_log(log)));
+                }
+                if stat("listener_manager.total_listeners_active") == 1 && listener_accepts(port) {
+                    return Ok(());
+                }
+            }
         }
         if Instant::now() > deadline {
             return Err(format!("{}\n[not ready after {WAIT:?}]", read_log(log)));
