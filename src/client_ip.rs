@@ -186,6 +186,9 @@ mod tests {
             .map(|ip| ip.to_string())
     }
 
+    /// Peer, request headers, and the client expected.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+
     const BEHIND_LB: &str =
         r#"{"client_ip": {"trusted_proxies": ["10.0.0.0/8", "2001:db8:ffff::/48"]}}"#;
     const BEHIND_CLOUDFLARE: &str = r#"{"client_ip": {"trusted_proxies": ["10.0.0.0/8"],
@@ -229,7 +232,7 @@ mod tests {
     #[test]
     fn the_forwarded_chain_is_walked_right_to_left_past_trusted_proxies() {
         let config = config(BEHIND_LB);
-        let cases: &[(&str, &[(&str, &str)], Option<&str>)] = &[
+        let cases: &[Case] = &[
             (
                 "10.0.0.5:80",
                 &[("x-forwarded-for", "198.51.100.7")],

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::cors::{CorsConfig, OriginPattern};
 use crate::header_name::is_valid_header_name;
 use ipnet::IpNet;
 
@@ -201,6 +202,7 @@ pub struct Config {
     pub negative_cache: NegativeCacheConfig,
     pub client_ip: ClientIpConfig,
     pub rate_limit: RateLimitConfig,
+    pub cors: CorsConfig,
 }
 
 impl Config {
@@ -249,6 +251,64 @@ struct RawConfig {
     client_ip: RawClientIp,
     #[serde(default)]
     rate_limit: RawRateLimit,
+    #[serde(default)]
+    cors: RawCors,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCors {
+    allowed_origins: Vec<String>,
+    allow_credentials: bool,
+    expose_headers: Vec<String>,
+}
+
+impl Default for RawCors {
+    fn default() -> Self {
+        RawCors {
+            allowed_origins: Vec::new(),
+            allow_credentials: false,
+            expose_headers: ["retry-after", "ratelimit", "ratelimit-policy", "x-negcache"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+impl RawCors {
+    fn validate(self) -> Result<CorsConfig, ConfigError> {
+        let mut allowed_origins = Vec::with_capacity(self.allowed_origins.len());
+        for (index, entry) in self.allowed_origins.iter().enumerate() {
+            let pattern = OriginPattern::parse(entry.trim()).ok_or_else(|| {
+                ConfigError::new(
+                    format!("cors.allowed_origins[{index}]"),
+                    format!(
+                        "{entry:?} is not an origin: use \"https://host[:port]\", \"https://*.domain\", \"null\" or \"*\""
+                    ),
+                )
+            })?;
+            if pattern == OriginPattern::Any && self.allow_credentials {
+                return Err(ConfigError::new(
+                    format!("cors.allowed_origins[{index}]"),
+                    "\"*\" cannot be combined with allow_credentials: true (any site could read \
+                     credentialed replies); list the origins instead",
+                ));
+            }
+            allowed_origins.push(pattern);
+        }
+        let mut expose = Vec::with_capacity(self.expose_headers.len());
+        for (index, name) in self.expose_headers.iter().enumerate() {
+            expose.push(check_header_name(
+                format!("cors.expose_headers[{index}]"),
+                name,
+            )?);
+        }
+        Ok(CorsConfig {
+            allowed_origins,
+            allow_credentials: self.allow_credentials,
+            expose_headers: expose.join(", "),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -503,6 +563,7 @@ impl RawConfig {
         let negative_cache = self.negative_cache.validate()?;
         let client_ip = self.client_ip.validate()?;
         let rate_limit = self.rate_limit.validate()?;
+        let cors = self.cors.validate()?;
         Ok(Config {
             credentials,
             exempt_paths,
@@ -510,6 +571,7 @@ impl RawConfig {
             negative_cache,
             client_ip,
             rate_limit,
+            cors,
         })
     }
 }
@@ -836,6 +898,19 @@ mod tests {
     }
 
     #[test]
+    fn cors_defaults_add_nothing_and_expose_the_filters_headers() {
+        let config = parse("{}").unwrap();
+        assert!(config.cors.allowed_origins.is_empty());
+        assert!(!config.cors.allow_credentials);
+        assert_eq!(
+            config.cors.expose_headers,
+            "retry-after, ratelimit, ratelimit-policy, x-negcache"
+        );
+        let listed = parse(r#"{"cors": {"allowed_origins": ["https://app.example.com", "https://*.example.com", "null"], "allow_credentials": true}}"#).unwrap();
+        assert_eq!(listed.cors.allowed_origins.len(), 3);
+    }
+
+    #[test]
     fn statuses_replace_the_default_map() {
         let config =
             parse(r#"{"negative_cache": {"statuses": {"404": {"ttl_seconds": 30}}}}"#).unwrap();
@@ -1010,6 +1085,21 @@ mod tests {
                 r#"{"rate_limit": {"exempt_cidrs": ["x"]}}"#,
                 "rate_limit.exempt_cidrs[0]",
                 "not an IP address or CIDR",
+            ),
+            (
+                r#"{"cors": {"allowed_origins": ["*"], "allow_credentials": true}}"#,
+                "cors.allowed_origins[0]",
+                "cannot be combined with allow_credentials",
+            ),
+            (
+                r#"{"cors": {"allowed_origins": ["app.example.com"]}}"#,
+                "cors.allowed_origins[0]",
+                "is not an origin",
+            ),
+            (
+                r#"{"cors": {"expose_headers": ["retry after"]}}"#,
+                "cors.expose_headers[0]",
+                "not a valid HTTP header name",
             ),
             (r#"[1, 2]"#, "", "must be a JSON object"),
             ("\"x\"", "", "must be a JSON object"),

@@ -3,6 +3,7 @@
 
 pub mod client_ip;
 pub mod config;
+pub mod cors;
 pub mod credential;
 pub mod fingerprint;
 pub mod header_name;

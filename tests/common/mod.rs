@@ -118,8 +118,22 @@ impl Drop for TempDir {
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, never handed out twice in this process:
+/// Envoy listens with SO_REUSEPORT, so two test Envoys given the same port would both bind it
+/// and answer each other's requests.
 pub fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = free_port_once();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
+}
+
+fn free_port_once() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
@@ -900,6 +914,9 @@ pub struct EnvoyOptions {
     pub with_filter: bool,
     /// HCM `use_remote_address`; false = client address from X-Forwarded-For.
     pub use_remote_address: bool,
+    /// HCM `skip_xff_append`: Envoy does not append to X-Forwarded-For (for a loopback peer it
+    /// would append its own host address), so a test's chain reaches the filter as written.
+    pub skip_xff_append: bool,
     pub failure_policy: FailurePolicy,
     /// `vm_config.environment_variables.key_values`.
     pub vm_env: Vec<(String, String)>,
@@ -927,6 +944,7 @@ impl Default for EnvoyOptions {
             upstream_port: 0,
             with_filter: true,
             use_remote_address: true,
+            skip_xff_append: false,
             failure_policy: FailurePolicy::FailClosed,
             vm_env: Vec::new(),
             extra_http_filters: String::new(),
@@ -1073,6 +1091,7 @@ filter_chains:
       "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
       stat_prefix: ingress_http
       use_remote_address: {use_remote_address}
+      skip_xff_append: {skip_xff_append}
       normalize_path: true
       merge_slashes: true
       access_log:
@@ -1102,6 +1121,7 @@ filter_chains:
       http_filters:
 {filters}"#,
         use_remote_address = opts.use_remote_address,
+        skip_xff_append = opts.skip_xff_append,
         access_log = yaml_str(&access_log.to_string_lossy()),
     )
 }
