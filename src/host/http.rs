@@ -63,6 +63,8 @@ struct SeenRequest {
     limited: Option<Fingerprint>,
     /// The start of the failure window this request holds a place in.
     reservation: Option<u64>,
+    /// The request's `Origin`, kept only when CORS is configured, for the filter's own replies.
+    origin: Option<Vec<u8>>,
 }
 
 /// Who the request is, for the cache, when it is eligible for caching at all.
@@ -198,6 +200,11 @@ impl NegcacheHttp {
             client: None,
             limited: None,
             reservation: None,
+            origin: if config.cors.allowed_origins.is_empty() {
+                None
+            } else {
+                headers.first("origin").map(<[u8]>::to_vec)
+            },
         };
 
         // Browsers send no credentials on a preflight; answering, counting or blocking it would
@@ -246,9 +253,9 @@ impl NegcacheHttp {
                     seen.limited = Some(runtime.hasher.client(key));
                 }
             }
-            if let Some(action) = self.admit(runtime, &mut seen, now) {
+            if let Some(refusal) = self.admit(runtime, &mut seen, now) {
                 self.request = Some(seen);
-                return action;
+                return self.send(runtime, refusal);
             }
         }
 
@@ -313,8 +320,8 @@ impl NegcacheHttp {
         action
     }
 
-    /// The rate limiter's check at the start of a request: `Some(action)` when it answered.
-    fn admit(&mut self, runtime: &Runtime, seen: &mut SeenRequest, now: u64) -> Option<Action> {
+    /// The rate limiter's check at the start of a request: `Some(reply)` when it refuses it.
+    fn admit(&mut self, runtime: &Runtime, seen: &mut SeenRequest, now: u64) -> Option<LocalReply> {
         let client = seen.limited?;
         let limit = &runtime.config.rate_limit;
         let admission = match rate_limit::admit(&EnvoyStore, &runtime.clients, limit, &client, now)
@@ -359,7 +366,7 @@ impl NegcacheHttp {
         let policy = limit
             .ratelimit_headers
             .then_some((limit.max_failures, limit.window_ms / 1000));
-        Some(self.send(reply::rate_limited(retry_after, policy)))
+        Some(reply::rate_limited(retry_after, policy))
     }
 
     fn replay(&mut self, runtime: &Runtime, index: u32, record: &Record, now: u64) -> Action {
@@ -381,7 +388,7 @@ impl NegcacheHttp {
                 {
                     self.count_outcome(runtime, true);
                 }
-                self.send(reply::cache_hit(record, &body, now))
+                self.send(runtime, reply::cache_hit(record, &body, now))
             }
             // Its body belongs to a newer entry being written right now: ask the upstream.
             Ok(None) => {
@@ -396,7 +403,13 @@ impl NegcacheHttp {
         }
     }
 
-    fn send(&mut self, local: LocalReply) -> Action {
+    /// Sends one of the filter's own replies, with the CORS headers configured for the
+    /// request's origin, so a web app can read it.
+    fn send(&mut self, runtime: &Runtime, mut local: LocalReply) -> Action {
+        let origin = self.request.as_ref().and_then(|r| r.origin.as_deref());
+        local
+            .headers
+            .extend(runtime.config.cors.headers_for(origin));
         let headers: Vec<(&str, &str)> = local
             .headers
             .iter()

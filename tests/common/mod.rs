@@ -914,6 +914,9 @@ pub struct EnvoyOptions {
     pub with_filter: bool,
     /// HCM `use_remote_address`; false = client address from X-Forwarded-For.
     pub use_remote_address: bool,
+    /// Raw YAML fields added to the one virtual host (unindented), e.g. a
+    /// `typed_per_filter_config` with Envoy's CORS policy.
+    pub virtual_host_extra: String,
     /// HCM `skip_xff_append`: Envoy does not append to X-Forwarded-For (for a loopback peer it
     /// would append its own host address), so a test's chain reaches the filter as written.
     pub skip_xff_append: bool,
@@ -945,6 +948,7 @@ impl Default for EnvoyOptions {
             with_filter: true,
             use_remote_address: true,
             skip_xff_append: false,
+            virtual_host_extra: String::new(),
             failure_policy: FailurePolicy::FailClosed,
             vm_env: Vec::new(),
             extra_http_filters: String::new(),
@@ -1115,13 +1119,14 @@ filter_chains:
         virtual_hosts:
         - name: all
           domains: ["*"]
-          routes:
+{virtual_host_extra}          routes:
           - match: {{ prefix: "/" }}
             route: {{ cluster: upstream }}
       http_filters:
 {filters}"#,
         use_remote_address = opts.use_remote_address,
         skip_xff_append = opts.skip_xff_append,
+        virtual_host_extra = reindent(&opts.virtual_host_extra, 10),
         access_log = yaml_str(&access_log.to_string_lossy()),
     )
 }

@@ -1,0 +1,198 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! CORS headers on the filter's own replies (cache hits, the limiter's 429), with negcache's
+//! `cors` section or with Envoy's CORS filter in front of it. `tests/browser.rs` shows what a
+//! real browser makes of them.
+
+mod common;
+
+use common::{ClientResponse, Envoy, EnvoyOptions, Request, Response, Upstream};
+use serde_json::{json, Value};
+
+const APP: &str = "https://app.example.com";
+
+/// An upstream whose 401 carries CORS headers for an origin of its own choosing: a replay must
+/// never carry them.
+fn api(_: &Request) -> Response {
+    Response::new(401)
+        .header(
+            "access-control-allow-origin",
+            "https://first-caller.example",
+        )
+        .header("access-control-allow-credentials", "true")
+        .json(r#"{"error":"invalid token"}"#)
+}
+
+fn config(cors: Value) -> Value {
+    json!({"cors": cors, "rate_limit": {"max_failures": 2}})
+}
+
+fn start(config: Value) -> (Upstream, Envoy) {
+    let upstream = Upstream::start(api);
+    let envoy = Envoy::start(EnvoyOptions::new(upstream.port(), config));
+    (upstream, envoy)
+}
+
+fn get(envoy: &Envoy, token: &str, origin: Option<&str>) -> ClientResponse {
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    if let Some(origin) = origin {
+        headers.push(("origin", origin));
+    }
+    envoy.get("/api/me", &headers)
+}
+
+#[test]
+fn local_replies_carry_the_cors_headers_of_the_requests_origin() {
+    let (_upstream, envoy) = start(config(
+        json!({"allowed_origins": [APP, "https://*.example.org"]}),
+    ));
+    get(&envoy, "dead", Some(APP));
+    let hit = get(&envoy, "dead", Some(APP));
+    assert_eq!(hit.header("x-negcache"), Some("hit"));
+    assert_eq!(
+        hit.header_all("access-control-allow-origin"),
+        vec![APP],
+        "exactly one, ours"
+    );
+    assert_eq!(
+        hit.header("access-control-allow-credentials"),
+        None,
+        "not configured, not replayed"
+    );
+    assert_eq!(
+        hit.header("access-control-expose-headers"),
+        Some("retry-after, ratelimit, ratelimit-policy, x-negcache")
+    );
+    assert_eq!(hit.header("vary"), Some("origin"));
+
+    let sub = get(&envoy, "dead", Some("https://eu.example.org"));
+    assert_eq!(
+        sub.header_all("access-control-allow-origin"),
+        vec!["https://eu.example.org"]
+    );
+
+    // Failures so far: 3 > max_failures 2: the limiter answers, with CORS headers too.
+    let blocked = get(&envoy, "dead", Some(APP));
+    assert_eq!(blocked.status, 429);
+    assert_eq!(blocked.header_all("access-control-allow-origin"), vec![APP]);
+    assert!(blocked.header("retry-after").is_some());
+}
+
+#[test]
+fn origins_not_allowed_get_no_cors_headers() {
+    let mut limitless = config(json!({"allowed_origins": [APP]}));
+    limitless["rate_limit"] = json!({"enabled": false});
+    let (_upstream, envoy) = start(limitless);
+    get(&envoy, "dead", None);
+    for origin in [
+        None,
+        Some("https://evil.example"),
+        Some("null"),
+        Some("https://app.example.com.evil.example"),
+    ] {
+        let hit = get(&envoy, "dead", origin);
+        assert_eq!(hit.header("x-negcache"), Some("hit"), "{origin:?}");
+        assert!(
+            hit.header("access-control-allow-origin").is_none(),
+            "{origin:?}"
+        );
+        assert!(hit.header("access-control-expose-headers").is_none());
+    }
+}
+
+#[test]
+fn any_origin_is_answered_with_a_star_and_credentials_need_an_explicit_list() {
+    let (_upstream, envoy) = start(config(json!({"allowed_origins": ["*"]})));
+    get(&envoy, "dead", Some(APP));
+    let hit = get(&envoy, "dead", Some("https://anyone.example"));
+    assert_eq!(hit.header_all("access-control-allow-origin"), vec!["*"]);
+
+    let (_upstream2, credentialed) = start(config(
+        json!({"allowed_origins": [APP], "allow_credentials": true}),
+    ));
+    get(&credentialed, "dead", Some(APP));
+    let hit = get(&credentialed, "dead", Some(APP));
+    assert_eq!(hit.header_all("access-control-allow-origin"), vec![APP]);
+    assert_eq!(hit.header("access-control-allow-credentials"), Some("true"));
+}
+
+#[test]
+fn without_cors_configured_local_replies_add_nothing() {
+    let (_upstream, envoy) = start(config(json!({})));
+    get(&envoy, "dead", Some(APP));
+    let hit = get(&envoy, "dead", Some(APP));
+    assert_eq!(hit.header("x-negcache"), Some("hit"));
+    assert!(hit.header("access-control-allow-origin").is_none());
+}
+
+/// Envoy's CORS filter before negcache, negcache's own `cors` empty.
+pub fn envoy_cors_filter(origin: &str) -> (String, String) {
+    let filter = r#"
+- name: envoy.filters.http.cors
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
+"#;
+    let policy = format!(
+        r#"
+typed_per_filter_config:
+  envoy.filters.http.cors:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+    allow_origin_string_match:
+    - exact: "{origin}"
+    allow_methods: "GET, POST"
+    allow_headers: "authorization"
+    expose_headers: "retry-after, x-negcache"
+"#
+    );
+    (filter.to_string(), policy)
+}
+
+#[test]
+fn beside_envoys_cors_filter_local_replies_carry_one_allow_origin() {
+    let upstream = Upstream::start(|req| {
+        if req.method == "OPTIONS" {
+            return Response::new(404);
+        }
+        Response::new(401).json(r#"{"error":"invalid token"}"#)
+    });
+    let (filter, policy) = envoy_cors_filter(APP);
+    let envoy = Envoy::start(EnvoyOptions {
+        extra_http_filters: filter,
+        virtual_host_extra: policy,
+        ..EnvoyOptions::new(upstream.port(), config(json!({})))
+    });
+    let miss = get(&envoy, "dead", Some(APP));
+    assert_eq!(miss.header_all("access-control-allow-origin"), vec![APP]);
+    let hit = get(&envoy, "dead", Some(APP));
+    assert_eq!(hit.header("x-negcache"), Some("hit"));
+    assert_eq!(
+        hit.header_all("access-control-allow-origin"),
+        vec![APP],
+        "added once, by Envoy's filter"
+    );
+    assert_eq!(
+        hit.header("access-control-expose-headers"),
+        Some("retry-after, x-negcache")
+    );
+    get(&envoy, "dead", Some(APP));
+    let blocked = get(&envoy, "dead", Some(APP));
+    assert_eq!(blocked.status, 429);
+    assert_eq!(blocked.header_all("access-control-allow-origin"), vec![APP]);
+
+    // Envoy's filter answers the preflight; negcache never sees it.
+    let preflight = envoy.request(
+        "OPTIONS",
+        "/api/me",
+        &[
+            ("origin", APP),
+            ("access-control-request-method", "GET"),
+            ("access-control-request-headers", "authorization"),
+        ],
+    );
+    assert_eq!(preflight.status, 200);
+    assert_eq!(
+        preflight.header_all("access-control-allow-origin"),
+        vec![APP]
+    );
+    assert_eq!(upstream.count_where(|r| r.method == "OPTIONS"), 0);
+}
