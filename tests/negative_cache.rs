@@ -701,3 +701,34 @@ fn responses_to_requests_the_filter_never_saw_are_left_alone() {
     assert_eq!(envoy.metric("negcache_stores_total"), 0);
     assert_eq!(envoy.metric("negcache_errors_total"), 0);
 }
+
+#[test]
+fn changing_the_epoch_clears_the_cache_without_a_restart() {
+    let upstream = Upstream::start(api);
+    let envoy = Envoy::start(EnvoyOptions {
+        dynamic_listener: true,
+        ..EnvoyOptions::new(upstream.port(), cache_only(json!({})))
+    });
+    let auth = bearer("epoch-token");
+    envoy.get("/", &[("authorization", &auth)]);
+    assert_eq!(
+        envoy
+            .get("/", &[("authorization", &auth)])
+            .header("x-negcache"),
+        Some("hit")
+    );
+    envoy.reconfigure(cache_only(json!({"negative_cache": {"epoch": 1}})));
+    assert_eq!(
+        envoy
+            .get("/", &[("authorization", &auth)])
+            .header("x-negcache"),
+        None
+    );
+    assert_eq!(
+        envoy
+            .get("/", &[("authorization", &auth)])
+            .header("x-negcache"),
+        Some("hit")
+    );
+    assert_eq!(upstream.count(), 2);
+}

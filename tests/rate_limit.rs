@@ -324,3 +324,19 @@ fn preflights_pass_even_from_a_blocked_client() {
     );
     assert_eq!(with_credential.status, 429);
 }
+
+#[test]
+fn changing_the_epoch_unblocks_everyone() {
+    let upstream = Upstream::start(api);
+    let envoy = Envoy::start(EnvoyOptions {
+        dynamic_listener: true,
+        ..options(&upstream, limiter(json!({"max_failures": 0})))
+    });
+    from(&envoy, "198.51.100.7", "a");
+    from(&envoy, "198.51.100.8", "b");
+    assert_eq!(from(&envoy, "198.51.100.7", "good").status, 429);
+    assert_eq!(from(&envoy, "198.51.100.8", "good").status, 429);
+    envoy.reconfigure(limiter(json!({"max_failures": 0, "epoch": 1})));
+    assert_eq!(from(&envoy, "198.51.100.7", "good").status, 200);
+    assert_eq!(from(&envoy, "198.51.100.8", "good").status, 200);
+}
