@@ -937,6 +937,15 @@ pub struct EnvoyOptions {
     /// change the filter's configuration while Envoy runs (same VM, same
     /// shared data). Also sets `--drain-time-s 1`.
     pub dynamic_listener: bool,
+    /// Load this wasm file instead of negcache's (`NEGCACHE_WASM`), e.g. a benchmark floor
+    /// filter. Same filter name, `root_id` and `vm_id`.
+    pub wasm: Option<PathBuf>,
+    /// Envoy answers every request itself with this status and body (the route's
+    /// `direct_response`) instead of routing to the upstream.
+    pub direct_response: Option<(u16, String)>,
+    /// The JSON access log (default on); off for benchmarks, where writing it would be a
+    /// large part of the per-request cost.
+    pub access_log: bool,
 }
 
 impl Default for EnvoyOptions {
@@ -956,6 +965,9 @@ impl Default for EnvoyOptions {
             component_log_level: None,
             concurrency: 2,
             dynamic_listener: false,
+            wasm: None,
+            direct_response: None,
+            access_log: true,
         }
     }
 }
@@ -1033,6 +1045,34 @@ pub fn lds_path(dir: &Path) -> PathBuf {
     dir.join("listeners.yaml")
 }
 
+/// The connection manager's `access_log` field (indented for [`listener_yaml`]), empty when
+/// `opts.access_log` is off.
+fn access_log_yaml(opts: &EnvoyOptions, access_log: &Path) -> String {
+    if !opts.access_log {
+        return String::new();
+    }
+    format!(
+        r#"      access_log:
+      - name: envoy.access_loggers.file
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+          path: {access_log}
+          log_format:
+            json_format:
+              method: "%REQ(:METHOD)%"
+              path: "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
+              status: "%RESPONSE_CODE%"
+              negcache: "%FILTER_STATE(wasm.negcache_decision:PLAIN)%"
+              client: "%FILTER_STATE(wasm.negcache_client:PLAIN)%"
+              downstream: "%DOWNSTREAM_REMOTE_ADDRESS%"
+              upstream_host: "%UPSTREAM_HOST%"
+              response_flags: "%RESPONSE_FLAGS%"
+              details: "%RESPONSE_CODE_DETAILS%"
+"#,
+        access_log = yaml_str(&access_log.to_string_lossy()),
+    )
+}
+
 /// The `ingress` listener (an `envoy.config.listener.v3.Listener`) as YAML
 /// at indentation 0: 127.0.0.1:`listener_port`, all paths and authorities
 /// to the upstream cluster, the filter loaded from `wasm` (absolute path)
@@ -1084,6 +1124,14 @@ pub fn listener_yaml(
           "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 "#,
     );
+    let route = match &opts.direct_response {
+        Some((status, body)) => format!(
+            "            direct_response: {{ status: {status}, body: {{ inline_string: {} }} }}",
+            yaml_str(body)
+        ),
+        None => "            route: { cluster: upstream }".to_string(),
+    };
+    let access_log_block = access_log_yaml(opts, access_log);
     format!(
         r#"name: ingress
 address:
@@ -1098,36 +1146,19 @@ filter_chains:
       skip_xff_append: {skip_xff_append}
       normalize_path: true
       merge_slashes: true
-      access_log:
-      - name: envoy.access_loggers.file
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-          path: {access_log}
-          log_format:
-            json_format:
-              method: "%REQ(:METHOD)%"
-              path: "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
-              status: "%RESPONSE_CODE%"
-              negcache: "%FILTER_STATE(wasm.negcache_decision:PLAIN)%"
-              client: "%FILTER_STATE(wasm.negcache_client:PLAIN)%"
-              downstream: "%DOWNSTREAM_REMOTE_ADDRESS%"
-              upstream_host: "%UPSTREAM_HOST%"
-              response_flags: "%RESPONSE_FLAGS%"
-              details: "%RESPONSE_CODE_DETAILS%"
-      route_config:
+{access_log_block}      route_config:
         name: all
         virtual_hosts:
         - name: all
           domains: ["*"]
 {virtual_host_extra}          routes:
           - match: {{ prefix: "/" }}
-            route: {{ cluster: upstream }}
+{route}
       http_filters:
 {filters}"#,
         use_remote_address = opts.use_remote_address,
         skip_xff_append = opts.skip_xff_append,
         virtual_host_extra = reindent(&opts.virtual_host_extra, 10),
-        access_log = yaml_str(&access_log.to_string_lossy()),
     )
 }
 
@@ -1290,7 +1321,7 @@ impl Envoy {
         );
         let bin = envoy_bin();
         let wasm = if opts.with_filter {
-            wasm_path()
+            opts.wasm.clone().unwrap_or_else(wasm_path)
         } else {
             PathBuf::from("unused.wasm")
         };
@@ -1365,6 +1396,11 @@ impl Envoy {
                 }
             }
         }
+    }
+
+    /// The Envoy process id (for `/proc/<pid>/stat` and `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The listener port (127.0.0.1).
