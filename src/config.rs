@@ -1,13 +1,13 @@
 //! The plugin configuration: JSON types, defaults and validation.
 //!
-//! Parsing goes through `serde_path_to_error` so a bad field is reported by its path
-//! (`negative_cache.capacity: ...`); validation then checks ranges serde cannot express.
+//! Every field is read through `config_reader`, so a bad one is reported by its path
+//! (`negative_cache.capacity: ...`) together with why.
 //! `Config` is the only thing the rest of the filter sees: every value in it is valid.
 
-use serde::Deserialize;
-use std::collections::BTreeMap;
+use serde_json::Value;
 use std::fmt;
 
+use crate::config_reader::{quoted, string, unsigned, Nested, Object};
 use crate::cors::{CorsConfig, OriginPattern};
 use crate::header_name::is_valid_header_name;
 use ipnet::IpNet;
@@ -49,8 +49,7 @@ impl fmt::Display for ConfigError {
 }
 
 /// Where a request's identity comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CredentialSource {
     Header(String),
     Cookie(String),
@@ -68,17 +67,6 @@ impl CredentialSource {
             CredentialSource::PathSegment(n) => format!("path_segment:{n}"),
         }
     }
-}
-
-/// A part of a negative-cache key beyond the request's authority.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyPart {
-    Identity,
-    Method,
-    Path,
-    Query,
-    ClientIp,
 }
 
 /// The request attributes an entry is keyed on, besides authority and identity.
@@ -213,177 +201,52 @@ impl Config {
         } else {
             json
         };
-        if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        let value: Value = serde_json::from_slice(json)
+            .map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
+        if !value.is_object() {
             return Err(ConfigError::new("", "must be a JSON object"));
         }
-        let mut deserializer = serde_json::Deserializer::from_slice(json);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." { String::new() } else { path };
-            ConfigError::new(field, strip_position(&e.inner().to_string()))
-        })?;
-        raw.validate()
-    }
-}
-
-/// serde_json appends "at line 1 column 42" to its messages; the field path says more.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(index) => message[..index].to_string(),
-        None => message.to_string(),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default = "default_credentials")]
-    credentials: Vec<CredentialSource>,
-    #[serde(default)]
-    exempt_paths: Vec<String>,
-    #[serde(default)]
-    hash_secret: Option<String>,
-    #[serde(default)]
-    hash_secret_env: Option<String>,
-    #[serde(default)]
-    negative_cache: RawNegativeCache,
-    #[serde(default)]
-    client_ip: RawClientIp,
-    #[serde(default)]
-    rate_limit: RawRateLimit,
-    #[serde(default)]
-    cors: RawCors,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawCors {
-    allowed_origins: Vec<String>,
-    allow_credentials: bool,
-    expose_headers: Vec<String>,
-}
-
-impl Default for RawCors {
-    fn default() -> Self {
-        RawCors {
-            allowed_origins: Vec::new(),
-            allow_credentials: false,
-            expose_headers: ["retry-after", "ratelimit", "ratelimit-policy", "x-negcache"]
-                .map(String::from)
-                .to_vec(),
-        }
-    }
-}
-
-impl RawCors {
-    fn validate(self) -> Result<CorsConfig, ConfigError> {
-        let mut allowed_origins = Vec::with_capacity(self.allowed_origins.len());
-        for (index, entry) in self.allowed_origins.iter().enumerate() {
-            let pattern = OriginPattern::parse(entry.trim()).ok_or_else(|| {
-                ConfigError::new(
-                    format!("cors.allowed_origins[{index}]"),
-                    format!(
-                        "{entry:?} is not an origin: use \"https://host[:port]\", \"https://*.domain\", \"null\" or \"*\""
-                    ),
-                )
-            })?;
-            if pattern == OriginPattern::Any && self.allow_credentials {
-                return Err(ConfigError::new(
-                    format!("cors.allowed_origins[{index}]"),
-                    "\"*\" cannot be combined with allow_credentials: true (any site could read \
-                     credentialed replies); list the origins instead",
-                ));
-            }
-            allowed_origins.push(pattern);
-        }
-        let mut expose = Vec::with_capacity(self.expose_headers.len());
-        for (index, name) in self.expose_headers.iter().enumerate() {
-            expose.push(check_header_name(
-                format!("cors.expose_headers[{index}]"),
-                name,
-            )?);
-        }
-        Ok(CorsConfig {
-            allowed_origins,
-            allow_credentials: self.allow_credentials,
-            expose_headers: expose.join(", "),
+        let root = Object::new(
+            String::new(),
+            &value,
+            &[
+                "credentials",
+                "exempt_paths",
+                "hash_secret",
+                "hash_secret_env",
+                "negative_cache",
+                "client_ip",
+                "rate_limit",
+                "cors",
+            ],
+        )?;
+        Ok(Config {
+            credentials: parse_credentials(&root)?,
+            exempt_paths: parse_exempt_paths(&root)?,
+            secret: parse_secret(&root)?,
+            negative_cache: parse_negative_cache(&root)?,
+            client_ip: parse_client_ip(&root)?,
+            rate_limit: parse_rate_limit(&root)?,
+            cors: parse_cors(&root)?,
         })
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawClientIp {
-    trusted_proxies: Vec<String>,
-    headers: Vec<RawClientIpHeader>,
-    ipv6_prefix: u8,
-}
-
-impl Default for RawClientIp {
-    fn default() -> Self {
-        RawClientIp {
-            trusted_proxies: Vec::new(),
-            headers: vec![RawClientIpHeader {
-                name: "x-forwarded-for".to_string(),
-                from: None,
-            }],
-            ipv6_prefix: 64,
-        }
+/// The section at `key`, or an empty one (all defaults) when absent.
+fn section<'a>(root: &Object<'a>, key: &str, fields: &[&str]) -> Result<Object<'a>, ConfigError> {
+    static EMPTY: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    match root.object(key, fields)? {
+        Nested::Present(object) => Ok(object),
+        Nested::Absent => Object::new(
+            root.path_of(key),
+            EMPTY.get_or_init(|| Value::Object(serde_json::Map::new())),
+            fields,
+        ),
+        Nested::Null => Err(ConfigError::new(
+            root.path_of(key),
+            "must be an object (leave it out for the defaults)",
+        )),
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawClientIpHeader {
-    name: String,
-    #[serde(default)]
-    from: Option<Vec<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawRateLimit {
-    enabled: bool,
-    shadow: bool,
-    failure_statuses: Vec<u16>,
-    count_anonymous: bool,
-    max_failures: u32,
-    window_seconds: u64,
-    block_seconds: u64,
-    escalation: Option<RawEscalation>,
-    exempt_cidrs: Vec<String>,
-    ratelimit_headers: bool,
-    capacity: u32,
-    epoch: u32,
-}
-
-impl Default for RawRateLimit {
-    fn default() -> Self {
-        RawRateLimit {
-            enabled: true,
-            shadow: false,
-            failure_statuses: vec![401],
-            count_anonymous: false,
-            max_failures: 10,
-            window_seconds: 60,
-            block_seconds: 300,
-            escalation: Some(RawEscalation {
-                factor: 2,
-                max_block_seconds: 86_400,
-            }),
-            exempt_cidrs: Vec::new(),
-            ratelimit_headers: false,
-            capacity: 65_536,
-            epoch: 0,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEscalation {
-    factor: u32,
-    max_block_seconds: u64,
 }
 
 fn default_credentials() -> Vec<CredentialSource> {
@@ -393,69 +256,101 @@ fn default_credentials() -> Vec<CredentialSource> {
     ]
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawNegativeCache {
-    enabled: bool,
-    shadow: bool,
-    statuses: BTreeMap<String, RawStatusRule>,
-    inactive: Option<RawInactive>,
-    cache_anonymous: bool,
-    capacity: u32,
-    max_body_bytes: u32,
-    epoch: u32,
-}
-
-impl Default for RawNegativeCache {
-    fn default() -> Self {
-        let rule = |ttl_seconds, key: Option<Vec<KeyPart>>| RawStatusRule { ttl_seconds, key };
-        RawNegativeCache {
-            enabled: true,
-            shadow: false,
-            statuses: BTreeMap::from([
-                ("401".to_string(), rule(60, None)),
-                (
-                    "403".to_string(),
-                    rule(
-                        10,
-                        Some(vec![KeyPart::Identity, KeyPart::Method, KeyPart::Path]),
-                    ),
-                ),
-                (
-                    "429".to_string(),
-                    rule(10, Some(vec![KeyPart::Identity, KeyPart::ClientIp])),
-                ),
-            ]),
-            inactive: Some(RawInactive::default()),
-            cache_anonymous: false,
-            capacity: 16_384,
-            max_body_bytes: 2_048,
-            epoch: 0,
-        }
+fn parse_credentials(root: &Object) -> Result<Vec<CredentialSource>, ConfigError> {
+    let Some(items) = root.array("credentials")? else {
+        return Ok(default_credentials());
+    };
+    let mut credentials = Vec::with_capacity(items.len());
+    for (path, item) in items {
+        let source = Object::new(
+            path.clone(),
+            item,
+            &["header", "cookie", "query", "path_segment"],
+        )?;
+        let mut fields = source.entries();
+        let (Some((field, kind, value)), None) = (fields.next(), fields.next()) else {
+            return Err(ConfigError::new(
+                path,
+                "must name exactly one of header, cookie, query, path_segment",
+            ));
+        };
+        credentials.push(match kind.as_str() {
+            "header" => {
+                CredentialSource::Header(check_header_name(field.clone(), string(field, value)?)?)
+            }
+            "cookie" => {
+                let name = string(field.clone(), value)?;
+                if !is_valid_header_name(name) {
+                    return Err(ConfigError::new(
+                        field,
+                        format!("{} is not a valid cookie name", quoted(name)),
+                    ));
+                }
+                CredentialSource::Cookie(name.to_string())
+            }
+            "query" => {
+                let name = string(field.clone(), value)?;
+                if name.is_empty() || name.contains(['&', '=', '#']) {
+                    return Err(ConfigError::new(
+                        field,
+                        format!("{} is not a valid query parameter name", quoted(name)),
+                    ));
+                }
+                CredentialSource::Query(name.to_string())
+            }
+            _ => {
+                let n = unsigned(field.clone(), value)?;
+                if n > u64::from(MAX_PATH_SEGMENT) {
+                    return Err(ConfigError::new(
+                        field,
+                        format!("must be at most {MAX_PATH_SEGMENT}, got {n}"),
+                    ));
+                }
+                CredentialSource::PathSegment(n as u32)
+            }
+        });
     }
+    Ok(credentials)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStatusRule {
-    ttl_seconds: u64,
-    #[serde(default)]
-    key: Option<Vec<KeyPart>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawInactive {
-    header: String,
-    ttl_seconds: u64,
-}
-
-impl Default for RawInactive {
-    fn default() -> Self {
-        RawInactive {
-            header: "x-negcache-inactive".to_string(),
-            ttl_seconds: 3600,
+fn parse_exempt_paths(root: &Object) -> Result<Vec<String>, ConfigError> {
+    let paths = root.strings("exempt_paths")?.unwrap_or_default();
+    let mut normalized = Vec::with_capacity(paths.len());
+    for (index, path) in paths.into_iter().enumerate() {
+        if !path.starts_with('/') || path.contains(['?', '#']) {
+            return Err(ConfigError::new(
+                format!("exempt_paths[{index}]"),
+                format!(
+                    "{} must be a path starting with '/' and without query",
+                    quoted(path)
+                ),
+            ));
         }
+        normalized.push(crate::path::normalize(path));
+    }
+    Ok(normalized)
+}
+
+fn parse_secret(root: &Object) -> Result<SecretSource, ConfigError> {
+    match (
+        root.optional_str("hash_secret")?,
+        root.optional_str("hash_secret_env")?,
+    ) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            "hash_secret_env",
+            "give either hash_secret or hash_secret_env, not both",
+        )),
+        (Some(secret), None) if secret.len() < MIN_SECRET_BYTES => Err(ConfigError::new(
+            "hash_secret",
+            format!("must be at least {MIN_SECRET_BYTES} bytes long"),
+        )),
+        (Some(secret), None) => Ok(SecretSource::Inline(secret.as_bytes().to_vec())),
+        (None, Some("")) => Err(ConfigError::new(
+            "hash_secret_env",
+            "must name an environment variable",
+        )),
+        (None, Some(name)) => Ok(SecretSource::Env(name.to_string())),
+        (None, None) => Ok(SecretSource::Generated),
     }
 }
 
@@ -473,180 +368,172 @@ fn check_header_name(field: String, name: &str) -> Result<String, ConfigError> {
     if !is_valid_header_name(name) {
         return Err(ConfigError::new(
             field,
-            format!("{name:?} is not a valid HTTP header name"),
+            format!("{} is not a valid HTTP header name", quoted(name)),
         ));
     }
     Ok(name.to_ascii_lowercase())
 }
 
-impl RawConfig {
-    fn validate(self) -> Result<Config, ConfigError> {
-        let mut credentials = Vec::with_capacity(self.credentials.len());
-        for (index, source) in self.credentials.into_iter().enumerate() {
-            let field = format!("credentials[{index}]");
-            credentials.push(match source {
-                CredentialSource::Header(name) => {
-                    CredentialSource::Header(check_header_name(format!("{field}.header"), &name)?)
-                }
-                CredentialSource::Cookie(name) => {
-                    if !is_valid_header_name(&name) {
-                        return Err(ConfigError::new(
-                            format!("{field}.cookie"),
-                            format!("{name:?} is not a valid cookie name"),
-                        ));
-                    }
-                    CredentialSource::Cookie(name)
-                }
-                CredentialSource::Query(name) => {
-                    if name.is_empty() || name.contains(['&', '=', '#']) {
-                        return Err(ConfigError::new(
-                            format!("{field}.query"),
-                            format!("{name:?} is not a valid query parameter name"),
-                        ));
-                    }
-                    CredentialSource::Query(name)
-                }
-                CredentialSource::PathSegment(n) => {
-                    if n > MAX_PATH_SEGMENT {
-                        return Err(ConfigError::new(
-                            format!("{field}.path_segment"),
-                            format!("must be at most {MAX_PATH_SEGMENT}, got {n}"),
-                        ));
-                    }
-                    CredentialSource::PathSegment(n)
-                }
-            });
-        }
-
-        for (index, path) in self.exempt_paths.iter().enumerate() {
-            if !path.starts_with('/') || path.contains(['?', '#']) {
-                return Err(ConfigError::new(
-                    format!("exempt_paths[{index}]"),
-                    format!("{path:?} must be a path starting with '/' and without query"),
-                ));
-            }
-        }
-        let exempt_paths = self
-            .exempt_paths
-            .iter()
-            .map(|path| crate::path::normalize(path))
-            .collect();
-
-        let secret = match (self.hash_secret, self.hash_secret_env) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    "hash_secret_env",
-                    "give either hash_secret or hash_secret_env, not both",
-                ))
-            }
-            (Some(secret), None) => {
-                if secret.len() < MIN_SECRET_BYTES {
-                    return Err(ConfigError::new(
-                        "hash_secret",
-                        format!("must be at least {MIN_SECRET_BYTES} bytes long"),
-                    ));
-                }
-                SecretSource::Inline(secret.into_bytes())
-            }
-            (None, Some(name)) => {
-                if name.is_empty() {
-                    return Err(ConfigError::new(
-                        "hash_secret_env",
-                        "must name an environment variable",
-                    ));
-                }
-                SecretSource::Env(name)
-            }
-            (None, None) => SecretSource::Generated,
-        };
-
-        let negative_cache = self.negative_cache.validate()?;
-        let client_ip = self.client_ip.validate()?;
-        let rate_limit = self.rate_limit.validate()?;
-        let cors = self.cors.validate()?;
-        Ok(Config {
-            credentials,
-            exempt_paths,
-            secret,
-            negative_cache,
-            client_ip,
-            rate_limit,
-            cors,
-        })
+fn check_capacity(field: String, capacity: u32) -> Result<u32, ConfigError> {
+    if capacity == 0 || capacity > MAX_CAPACITY {
+        return Err(ConfigError::new(
+            field,
+            format!("must be between 1 and {MAX_CAPACITY}, got {capacity}"),
+        ));
     }
+    Ok(capacity)
 }
 
-impl RawNegativeCache {
-    fn validate(self) -> Result<NegativeCacheConfig, ConfigError> {
-        let mut statuses = Vec::with_capacity(self.statuses.len());
-        for (status_text, rule) in self.statuses {
-            let field = format!("negative_cache.statuses.{status_text}");
-            let status = match status_text.parse::<u16>() {
-                Ok(status) if (400..=499).contains(&status) => status,
-                _ => {
-                    return Err(ConfigError::new(
-                        field,
-                        "only statuses 400-499 can be cached",
-                    ))
-                }
-            };
-            let ttl_ms = check_ttl(format!("{field}.ttl_seconds"), rule.ttl_seconds)?;
-            let shape = match rule.key {
-                None => KeyShape::IDENTITY_ONLY,
-                Some(parts) => shape_from_parts(&format!("{field}.key"), &parts)?,
-            };
-            statuses.push(StatusRule {
-                status,
-                ttl_ms,
-                shape,
-            });
+fn parse_negative_cache(root: &Object) -> Result<NegativeCacheConfig, ConfigError> {
+    let cache = section(
+        root,
+        "negative_cache",
+        &[
+            "enabled",
+            "shadow",
+            "statuses",
+            "inactive",
+            "cache_anonymous",
+            "capacity",
+            "max_body_bytes",
+            "epoch",
+        ],
+    )?;
+    let statuses = match cache.get("statuses") {
+        None => vec![
+            StatusRule {
+                status: 401,
+                ttl_ms: 60_000,
+                shape: KeyShape::IDENTITY_ONLY,
+            },
+            StatusRule {
+                status: 403,
+                ttl_ms: 10_000,
+                shape: KeyShape {
+                    method: true,
+                    path: true,
+                    ..KeyShape::IDENTITY_ONLY
+                },
+            },
+            StatusRule {
+                status: 429,
+                ttl_ms: 10_000,
+                shape: KeyShape {
+                    client_ip: true,
+                    ..KeyShape::IDENTITY_ONLY
+                },
+            },
+        ],
+        Some(Value::Null) => Vec::new(),
+        Some(Value::Object(map)) => parse_statuses(&cache.path_of("statuses"), map)?,
+        Some(other) => {
+            return Err(crate::config_reader::invalid_type(
+                cache.path_of("statuses"),
+                other,
+                "an object keyed by status",
+            ))
         }
-
-        let inactive = match self.inactive {
-            None => None,
-            Some(raw) => Some(InactiveRule {
-                header: check_header_name("negative_cache.inactive.header".into(), &raw.header)?,
-                ttl_ms: check_ttl(
-                    "negative_cache.inactive.ttl_seconds".into(),
-                    raw.ttl_seconds,
-                )?,
-            }),
-        };
-
-        if self.capacity == 0 || self.capacity > MAX_CAPACITY {
-            return Err(ConfigError::new(
-                "negative_cache.capacity",
-                format!(
-                    "must be between 1 and {MAX_CAPACITY}, got {}",
-                    self.capacity
-                ),
-            ));
-        }
-        if self.max_body_bytes > MAX_BODY_BYTES {
-            return Err(ConfigError::new(
-                "negative_cache.max_body_bytes",
-                format!(
-                    "must be at most {MAX_BODY_BYTES}, got {}",
-                    self.max_body_bytes
-                ),
-            ));
-        }
-
-        Ok(NegativeCacheConfig {
-            enabled: self.enabled,
-            shadow: self.shadow,
-            statuses,
-            inactive,
-            cache_anonymous: self.cache_anonymous,
-            capacity: self.capacity,
-            max_body_bytes: self.max_body_bytes,
-            epoch: self.epoch,
-        })
+    };
+    let inactive = match cache.object("inactive", &["header", "ttl_seconds"])? {
+        Nested::Null => None,
+        Nested::Absent => Some(InactiveRule {
+            header: "x-negcache-inactive".to_string(),
+            ttl_ms: 3_600_000,
+        }),
+        Nested::Present(rule) => Some(InactiveRule {
+            header: check_header_name(
+                rule.path_of("header"),
+                rule.optional_str("header")?
+                    .unwrap_or("x-negcache-inactive"),
+            )?,
+            ttl_ms: check_ttl(rule.path_of("ttl_seconds"), rule.u64("ttl_seconds", 3600)?)?,
+        }),
+    };
+    let max_body_bytes = cache.u32("max_body_bytes", 2_048)?;
+    if max_body_bytes > MAX_BODY_BYTES {
+        return Err(ConfigError::new(
+            cache.path_of("max_body_bytes"),
+            format!("must be at most {MAX_BODY_BYTES}, got {max_body_bytes}"),
+        ));
     }
+    Ok(NegativeCacheConfig {
+        enabled: cache.bool("enabled", true)?,
+        shadow: cache.bool("shadow", false)?,
+        statuses,
+        inactive,
+        cache_anonymous: cache.bool("cache_anonymous", false)?,
+        capacity: check_capacity(cache.path_of("capacity"), cache.u32("capacity", 16_384)?)?,
+        max_body_bytes,
+        epoch: cache.u32("epoch", 0)?,
+    })
+}
+
+/// `statuses` given in the configuration replaces the default map.
+fn parse_statuses(
+    path: &str,
+    map: &serde_json::Map<String, Value>,
+) -> Result<Vec<StatusRule>, ConfigError> {
+    let mut statuses = Vec::with_capacity(map.len());
+    for (status_text, value) in map {
+        let field = format!("{path}.{status_text}");
+        let status = match status_text.parse::<u16>() {
+            Ok(status) if (400..=499).contains(&status) => status,
+            _ => {
+                return Err(ConfigError::new(
+                    field,
+                    "only statuses 400-499 can be cached",
+                ))
+            }
+        };
+        let rule = Object::new(field, value, &["ttl_seconds", "key"])?;
+        let Some(ttl) = rule.get("ttl_seconds") else {
+            return Err(ConfigError::new(rule.path_of("ttl_seconds"), "is required"));
+        };
+        let ttl_ms = check_ttl(
+            rule.path_of("ttl_seconds"),
+            unsigned(rule.path_of("ttl_seconds"), ttl)?,
+        )?;
+        let shape = match rule.strings("key")? {
+            None => KeyShape::IDENTITY_ONLY,
+            Some(parts) => shape_from_parts(&rule.path_of("key"), &parts)?,
+        };
+        statuses.push(StatusRule {
+            status,
+            ttl_ms,
+            shape,
+        });
+    }
+    Ok(statuses)
+}
+
+fn shape_from_parts(field: &str, parts: &[&str]) -> Result<KeyShape, ConfigError> {
+    let mut shape = KeyShape::IDENTITY_ONLY;
+    for (index, part) in parts.iter().enumerate() {
+        match *part {
+            "identity" => {}
+            "method" => shape.method = true,
+            "path" => shape.path = true,
+            "query" => shape.query = true,
+            "client_ip" => shape.client_ip = true,
+            other => {
+                return Err(ConfigError::new(
+                    format!("{field}[{index}]"),
+                    format!(
+                        "unknown key part `{other}`, expected one of `identity`, `method`, `path`, `query`, `client_ip`"
+                    ),
+                ))
+            }
+        }
+    }
+    // Slots are addressed by identity, so every key starts from it.
+    if !parts.contains(&"identity") {
+        return Err(ConfigError::new(field, "must include \"identity\""));
+    }
+    Ok(shape)
 }
 
 /// Parses CIDRs (`10.0.0.0/8`, `2001:db8::/32`) and bare addresses (a /32 or /128).
-fn parse_networks(field: &str, entries: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+fn parse_networks(field: &str, entries: &[&str]) -> Result<Vec<IpNet>, ConfigError> {
     entries
         .iter()
         .enumerate()
@@ -660,131 +547,210 @@ fn parse_networks(field: &str, entries: &[String]) -> Result<Vec<IpNet>, ConfigE
             parsed.map(|net| net.trunc()).ok_or_else(|| {
                 ConfigError::new(
                     format!("{field}[{index}]"),
-                    format!("{entry:?} is not an IP address or CIDR"),
+                    format!("{} is not an IP address or CIDR", quoted(entry)),
                 )
             })
         })
         .collect()
 }
 
-impl RawClientIp {
-    fn validate(self) -> Result<ClientIpConfig, ConfigError> {
-        let trusted_proxies = parse_networks("client_ip.trusted_proxies", &self.trusted_proxies)?;
-        let mut headers = Vec::with_capacity(self.headers.len());
-        for (index, header) in self.headers.into_iter().enumerate() {
-            let field = format!("client_ip.headers[{index}]");
-            let name = check_header_name(format!("{field}.name"), &header.name)?;
-            let from = match header.from {
-                None => None,
-                Some(_) if name == "x-forwarded-for" => {
-                    return Err(ConfigError::new(
-                        format!("{field}.from"),
-                        "x-forwarded-for is walked through trusted_proxies; \"from\" applies to single-address headers",
-                    ))
-                }
-                Some(list) => Some(parse_networks(&format!("{field}.from"), &list)?),
-            };
-            headers.push(ClientIpHeader { name, from });
+fn parse_client_ip(root: &Object) -> Result<ClientIpConfig, ConfigError> {
+    let client_ip = section(
+        root,
+        "client_ip",
+        &["trusted_proxies", "headers", "ipv6_prefix"],
+    )?;
+    let trusted_proxies = parse_networks(
+        &client_ip.path_of("trusted_proxies"),
+        &client_ip.strings("trusted_proxies")?.unwrap_or_default(),
+    )?;
+    let headers = match client_ip.array("headers")? {
+        None => vec![ClientIpHeader {
+            name: "x-forwarded-for".to_string(),
+            from: None,
+        }],
+        Some(items) => {
+            let mut headers = Vec::with_capacity(items.len());
+            for (path, item) in items {
+                let header = Object::new(path, item, &["name", "from"])?;
+                let Some(name) = header.optional_str("name")? else {
+                    return Err(ConfigError::new(header.path_of("name"), "is required"));
+                };
+                let name = check_header_name(header.path_of("name"), name)?;
+                let from = match header.strings("from")? {
+                    None => None,
+                    Some(_) if name == "x-forwarded-for" => {
+                        return Err(ConfigError::new(
+                            header.path_of("from"),
+                            "x-forwarded-for is walked through trusted_proxies; \"from\" applies to single-address headers",
+                        ))
+                    }
+                    Some(list) => Some(parse_networks(&header.path_of("from"), &list)?),
+                };
+                headers.push(ClientIpHeader { name, from });
+            }
+            headers
         }
-        if !(1..=128).contains(&self.ipv6_prefix) {
-            return Err(ConfigError::new(
-                "client_ip.ipv6_prefix",
-                format!("must be between 1 and 128, got {}", self.ipv6_prefix),
-            ));
-        }
-        Ok(ClientIpConfig {
-            trusted_proxies,
-            headers,
-            ipv6_prefix: self.ipv6_prefix,
-        })
+    };
+    let ipv6_prefix = client_ip.u64("ipv6_prefix", 64)?;
+    if !(1..=128).contains(&ipv6_prefix) {
+        return Err(ConfigError::new(
+            client_ip.path_of("ipv6_prefix"),
+            format!("must be between 1 and 128, got {ipv6_prefix}"),
+        ));
     }
+    Ok(ClientIpConfig {
+        trusted_proxies,
+        headers,
+        ipv6_prefix: ipv6_prefix as u8,
+    })
 }
 
-impl RawRateLimit {
-    fn validate(self) -> Result<RateLimitConfig, ConfigError> {
-        for (index, status) in self.failure_statuses.iter().enumerate() {
-            if !(400..=499).contains(status) {
+fn parse_rate_limit(root: &Object) -> Result<RateLimitConfig, ConfigError> {
+    let limit = section(
+        root,
+        "rate_limit",
+        &[
+            "enabled",
+            "shadow",
+            "failure_statuses",
+            "count_anonymous",
+            "max_failures",
+            "window_seconds",
+            "block_seconds",
+            "escalation",
+            "exempt_cidrs",
+            "ratelimit_headers",
+            "capacity",
+            "epoch",
+        ],
+    )?;
+    let failure_statuses = match limit.array("failure_statuses")? {
+        None => vec![401],
+        Some(items) => {
+            let mut statuses = Vec::with_capacity(items.len());
+            for (path, item) in items {
+                let status = unsigned(path.clone(), item)?;
+                if !(400..=499).contains(&status) {
+                    return Err(ConfigError::new(
+                        path,
+                        format!("only statuses 400-499 can count as failures, got {status}"),
+                    ));
+                }
+                statuses.push(status as u16);
+            }
+            statuses
+        }
+    };
+    let max_failures = limit.u32("max_failures", 10)?;
+    if max_failures > 1_000_000 {
+        return Err(ConfigError::new(
+            limit.path_of("max_failures"),
+            format!("must be at most 1000000, got {max_failures}"),
+        ));
+    }
+    let window_ms = check_ttl(
+        limit.path_of("window_seconds"),
+        limit.u64("window_seconds", 60)?,
+    )?;
+    let block_ms = check_ttl(
+        limit.path_of("block_seconds"),
+        limit.u64("block_seconds", 300)?,
+    )?;
+    let escalation = match limit.object("escalation", &["factor", "max_block_seconds"])? {
+        Nested::Null => None,
+        Nested::Absent => Some(Escalation {
+            factor: 2,
+            max_block_ms: 86_400_000.max(block_ms),
+        }),
+        Nested::Present(raw) => {
+            let factor = raw.u32("factor", 2)?;
+            if !(1..=1000).contains(&factor) {
                 return Err(ConfigError::new(
-                    format!("rate_limit.failure_statuses[{index}]"),
-                    format!("only statuses 400-499 can count as failures, got {status}"),
+                    raw.path_of("factor"),
+                    format!("must be between 1 and 1000, got {factor}"),
                 ));
             }
-        }
-        if self.max_failures > 1_000_000 {
-            return Err(ConfigError::new(
-                "rate_limit.max_failures",
-                format!("must be at most 1000000, got {}", self.max_failures),
-            ));
-        }
-        let window_ms = check_ttl("rate_limit.window_seconds".into(), self.window_seconds)?;
-        let block_ms = check_ttl("rate_limit.block_seconds".into(), self.block_seconds)?;
-        let escalation = match self.escalation {
-            None => None,
-            Some(raw) => {
-                if !(1..=1000).contains(&raw.factor) {
-                    return Err(ConfigError::new(
-                        "rate_limit.escalation.factor",
-                        format!("must be between 1 and 1000, got {}", raw.factor),
-                    ));
-                }
-                let max_block_ms = check_ttl(
-                    "rate_limit.escalation.max_block_seconds".into(),
-                    raw.max_block_seconds,
-                )?;
-                if max_block_ms < block_ms {
-                    return Err(ConfigError::new(
-                        "rate_limit.escalation.max_block_seconds",
-                        "must be at least block_seconds",
-                    ));
-                }
-                Some(Escalation {
-                    factor: raw.factor,
-                    max_block_ms,
-                })
+            let max_block_ms = check_ttl(
+                raw.path_of("max_block_seconds"),
+                raw.u64("max_block_seconds", 86_400)?,
+            )?;
+            if max_block_ms < block_ms {
+                return Err(ConfigError::new(
+                    raw.path_of("max_block_seconds"),
+                    "must be at least block_seconds",
+                ));
             }
-        };
-        if self.capacity == 0 || self.capacity > MAX_CAPACITY {
-            return Err(ConfigError::new(
-                "rate_limit.capacity",
-                format!(
-                    "must be between 1 and {MAX_CAPACITY}, got {}",
-                    self.capacity
-                ),
-            ));
+            Some(Escalation {
+                factor,
+                max_block_ms,
+            })
         }
-        Ok(RateLimitConfig {
-            enabled: self.enabled,
-            shadow: self.shadow,
-            failure_statuses: self.failure_statuses,
-            count_anonymous: self.count_anonymous,
-            max_failures: self.max_failures,
-            window_ms,
-            block_ms,
-            escalation,
-            exempt_cidrs: parse_networks("rate_limit.exempt_cidrs", &self.exempt_cidrs)?,
-            ratelimit_headers: self.ratelimit_headers,
-            capacity: self.capacity,
-            epoch: self.epoch,
-        })
-    }
+    };
+    Ok(RateLimitConfig {
+        enabled: limit.bool("enabled", true)?,
+        shadow: limit.bool("shadow", false)?,
+        failure_statuses,
+        count_anonymous: limit.bool("count_anonymous", false)?,
+        max_failures,
+        window_ms,
+        block_ms,
+        escalation,
+        exempt_cidrs: parse_networks(
+            &limit.path_of("exempt_cidrs"),
+            &limit.strings("exempt_cidrs")?.unwrap_or_default(),
+        )?,
+        ratelimit_headers: limit.bool("ratelimit_headers", false)?,
+        capacity: check_capacity(limit.path_of("capacity"), limit.u32("capacity", 65_536)?)?,
+        epoch: limit.u32("epoch", 0)?,
+    })
 }
 
-fn shape_from_parts(field: &str, parts: &[KeyPart]) -> Result<KeyShape, ConfigError> {
-    // Slots are addressed by identity, so every key starts from it.
-    if !parts.contains(&KeyPart::Identity) {
-        return Err(ConfigError::new(field, "must include \"identity\""));
-    }
-    let mut shape = KeyShape::IDENTITY_ONLY;
-    for part in parts {
-        match part {
-            KeyPart::Identity => {}
-            KeyPart::Method => shape.method = true,
-            KeyPart::Path => shape.path = true,
-            KeyPart::Query => shape.query = true,
-            KeyPart::ClientIp => shape.client_ip = true,
+fn parse_cors(root: &Object) -> Result<CorsConfig, ConfigError> {
+    let cors = section(
+        root,
+        "cors",
+        &["allowed_origins", "allow_credentials", "expose_headers"],
+    )?;
+    let allow_credentials = cors.bool("allow_credentials", false)?;
+    let origins = cors.strings("allowed_origins")?.unwrap_or_default();
+    let mut allowed_origins = Vec::with_capacity(origins.len());
+    for (index, entry) in origins.into_iter().enumerate() {
+        let field = format!("{}[{index}]", cors.path_of("allowed_origins"));
+        let pattern = OriginPattern::parse(entry.trim()).ok_or_else(|| {
+            ConfigError::new(
+                field.clone(),
+                format!(
+                    "{} is not an origin: use \"https://host[:port]\", \"https://*.domain\", \"null\" or \"*\"",
+                    quoted(entry)
+                ),
+            )
+        })?;
+        if pattern == OriginPattern::Any && allow_credentials {
+            return Err(ConfigError::new(
+                field,
+                "\"*\" cannot be combined with allow_credentials: true (any site could read \
+                 credentialed replies); list the origins instead",
+            ));
         }
+        allowed_origins.push(pattern);
     }
-    Ok(shape)
+    let expose = match cors.strings("expose_headers")? {
+        None => vec!["retry-after", "ratelimit", "ratelimit-policy", "x-negcache"],
+        Some(names) => names,
+    };
+    let mut expose_headers = Vec::with_capacity(expose.len());
+    for (index, name) in expose.into_iter().enumerate() {
+        expose_headers.push(check_header_name(
+            format!("{}[{index}]", cors.path_of("expose_headers")),
+            name,
+        )?);
+    }
+    Ok(CorsConfig {
+        allowed_origins,
+        allow_credentials,
+        expose_headers: expose_headers.join(", "),
+    })
 }
 
 #[cfg(test)]
@@ -984,7 +950,7 @@ mod tests {
             (
                 r#"{"negative_cache": {"statuses": {"401": {"ttl_seconds": 5, "key": ["host"]}}}}"#,
                 "negative_cache.statuses.401.key[0]",
-                "unknown variant `host`",
+                "unknown key part `host`",
             ),
             (
                 r#"{"negative_cache": {"max_body_bytes": 65537}}"#,
@@ -1013,8 +979,8 @@ mod tests {
             ),
             (
                 r#"{"credentials": [{"smoke_signal": "x"}]}"#,
-                "credentials[0]",
-                "unknown variant `smoke_signal`",
+                "credentials[0].smoke_signal",
+                "unknown field `smoke_signal`, expected one of `header`",
             ),
             (
                 r#"{"credentials": [{"path_segment": 65}]}"#,
@@ -1054,7 +1020,7 @@ mod tests {
             (
                 r#"{"client_ip": {"ipv6_prefix": 300}}"#,
                 "client_ip.ipv6_prefix",
-                "invalid value",
+                "between 1 and 128, got 300",
             ),
             (
                 r#"{"rate_limit": {"failure_statuses": [200]}}"#,
@@ -1103,7 +1069,31 @@ mod tests {
             ),
             (r#"[1, 2]"#, "", "must be a JSON object"),
             ("\"x\"", "", "must be a JSON object"),
-            (r#"{"negative_cache": "#, "negative_cache", "EOF"),
+            (
+                r#"{"negative_cache": "#,
+                "",
+                "not valid JSON: EOF while parsing",
+            ),
+            (
+                r#"{"credentials": [{"header": "a", "cookie": "b"}]}"#,
+                "credentials[0]",
+                "exactly one of",
+            ),
+            (
+                r#"{"negative_cache": {"statuses": {"401": {}}}}"#,
+                "negative_cache.statuses.401.ttl_seconds",
+                "is required",
+            ),
+            (
+                r#"{"negative_cache": {"capacity": 1.5}}"#,
+                "negative_cache.capacity",
+                "whole number",
+            ),
+            (
+                r#"{"negative_cache": null}"#,
+                "negative_cache",
+                "must be an object",
+            ),
         ];
         for (json, field, reason) in cases {
             let error = parse(json).expect_err(json);

@@ -3,6 +3,7 @@
 
 pub mod client_ip;
 pub mod config;
+pub mod config_reader;
 pub mod cors;
 pub mod credential;
 pub mod fingerprint;
