@@ -5,6 +5,7 @@
 #   make run     demo: upstream on :8080 + Envoy on :10000 (Ctrl-C stops both)
 #   make test    fmt check, clippy (native + wasm), unit + end-to-end tests
 #   make lint    fmt check + clippy only
+#   make bench   negcache in real Envoy under wrk, against floor filters (not part of test)
 #   make clean
 
 SHELL := bash
@@ -16,8 +17,9 @@ ENVOY_VERSION := 1.40.0
 VENV          := .venv
 ENVOY_BIN     := $(CURDIR)/$(VENV)/bin/envoy
 WASM          := target/$(WASM_TARGET)/release/negcache.wasm
+FLOOR_WASM    := target/floor/$(WASM_TARGET)/release/negcache_floor.wasm
 
-.PHONY: setup build run test lint fmt clean
+.PHONY: setup build run test lint fmt bench clean
 
 setup:
 	@installed="$$(rustup target list --installed)"; \
@@ -54,6 +56,31 @@ test: export ENVOY_BIN := $(ENVOY_BIN)
 test: export NEGCACHE_WASM := $(CURDIR)/$(WASM)
 test: setup build lint
 	cargo test
+
+# Benchmark (minutes; never part of `make test`): each case in its own Envoy under wrk, in
+# alternating rounds, negcache against the floor filters of bench/floor (a separate crate, built
+# into target/floor). Writes bench/results.md. A quick run:
+#   BENCH_ROUNDS=2 BENCH_SECONDS=2 BENCH_MEMORY=0 make bench
+# (BENCH_WARMUP, BENCH_CASES, BENCH_RESULTS: see benches/envoy.rs.) The bench binary itself
+# (it also runs the upstream) is built at opt-level 3 without LTO.
+bench: export ENVOY_BIN := $(ENVOY_BIN)
+bench: export NEGCACHE_WASM := $(CURDIR)/$(WASM)
+bench: export FLOOR_WASM := $(CURDIR)/$(FLOOR_WASM)
+bench: export CARGO_PROFILE_BENCH_OPT_LEVEL := 3
+bench: export CARGO_PROFILE_BENCH_LTO := false
+bench: export CARGO_PROFILE_BENCH_CODEGEN_UNITS := 16
+bench: setup build
+	@if ! command -v wrk >/dev/null 2>&1; then \
+	  echo "bench: installing wrk"; \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$sudo apt-get update -qq; \
+	  $$sudo apt-get install -y -qq wrk >/dev/null; \
+	fi
+	cargo build --manifest-path bench/floor/Cargo.toml --target $(WASM_TARGET) --release \
+	  --target-dir $(CURDIR)/target/floor
+	@echo "bench: $(FLOOR_WASM), $$(wc -c < $(FLOOR_WASM)) bytes"
+	cargo bench --bench envoy
 
 clean:
 	cargo clean
