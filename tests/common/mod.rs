@@ -72,11 +72,11 @@ pub fn envoy_bin() -> PathBuf {
     )
 }
 
-/// The filter: `$NEGCACHE_WASM` or the release wasm32-wasip1 artifact.
+/// The filter: `$NEGCACHE_WASM`, or what `make build` ships (`target/negcache.wasm`).
 pub fn wasm_path() -> PathBuf {
     required_file(
         "NEGCACHE_WASM",
-        manifest_dir().join("target/wasm32-wasip1/release/negcache.wasm"),
+        manifest_dir().join("target/negcache.wasm"),
         "negcache.wasm",
     )
 }
