@@ -946,6 +946,9 @@ pub struct EnvoyOptions {
     /// The JSON access log (default on); off for benchmarks, where writing it would be a
     /// large part of the per-request cost.
     pub access_log: bool,
+    /// Raw YAML fields added to the listener (unindented), e.g.
+    /// `connection_balance_config: { exact_balance: {} }`.
+    pub listener_extra: String,
 }
 
 impl Default for EnvoyOptions {
@@ -968,6 +971,7 @@ impl Default for EnvoyOptions {
             wasm: None,
             direct_response: None,
             access_log: true,
+            listener_extra: String::new(),
         }
     }
 }
@@ -1136,7 +1140,7 @@ pub fn listener_yaml(
         r#"name: ingress
 address:
   socket_address: {{ address: 127.0.0.1, port_value: {listener_port} }}
-filter_chains:
+{listener_extra}filter_chains:
 - filters:
   - name: envoy.filters.network.http_connection_manager
     typed_config:
@@ -1159,6 +1163,7 @@ filter_chains:
         use_remote_address = opts.use_remote_address,
         skip_xff_append = opts.skip_xff_append,
         virtual_host_extra = reindent(&opts.virtual_host_extra, 10),
+        listener_extra = reindent(&opts.listener_extra, 0),
     )
 }
 
