@@ -21,7 +21,7 @@
 //! | `BENCH_WARMUP` | 1 | warm-up seconds before each measurement (0: none) |
 //! | `BENCH_CASES` | all | comma-separated subset of the case names |
 //! | `BENCH_MEMORY` | 1 | 0 skips the memory part |
-//! | `FLOOR_WASM` | `target/floor/wasm32-wasip1/release/negcache_floor.wasm` | the floor filters |
+//! | `FLOOR_WASM` | `target/floor/negcache_floor.wasm` | the floor filters |
 //!
 //! `ENVOY_BIN` and `NEGCACHE_WASM` as for the tests.
 
@@ -82,7 +82,7 @@ impl Settings {
     fn from_env() -> Settings {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let floor_wasm = std::env::var_os("FLOOR_WASM").map_or_else(
-            || root.join("target/floor/wasm32-wasip1/release/negcache_floor.wasm"),
+            || root.join("target/floor/negcache_floor.wasm"),
             PathBuf::from,
         );
         assert!(
@@ -208,6 +208,37 @@ fn cpu_ticks(pid: u32) -> u64 {
     // fields[0] is field 3 (state): utime is field 14, stime field 15.
     let field = |n: usize| -> u64 { fields[n - 3].parse().expect("numeric stat field") };
     field(14) + field(15)
+}
+
+/// Busy and total jiffies of the whole machine (`cpu` line of `/proc/stat`; busy counts
+/// user, nice, system, irq, softirq and steal).
+fn machine_ticks() -> (u64, u64) {
+    let stat = fs::read_to_string("/proc/stat").expect("read /proc/stat");
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .expect("cpu line in /proc/stat");
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let get = |i: usize| v.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal (guest time is inside user)
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    let total = busy + get(3) + get(4);
+    (busy, total)
+}
+
+/// CPU ticks of this process (the upstream, the bench) plus its reaped children (wrk).
+fn own_ticks() -> u64 {
+    let stat = fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
+    let rest = &stat[stat.rfind(')').expect("comm in /proc/self/stat") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime 14, stime 15, cutime 16, cstime 17
+    (14..=17)
+        .map(|n| fields[n - 3].parse::<u64>().unwrap_or(0))
+        .sum()
 }
 
 /// VmRSS of a process, in KiB.
@@ -460,6 +491,11 @@ struct Measured {
     wrk: WrkRun,
     cpu_us_per_request: f64,
     rss_kib: u64,
+    /// Share of the machine's CPU used during the measurement by anything but Envoy, wrk and
+    /// this process (other processes, hypervisor steal), in percent.
+    other_load: f64,
+    /// wrk's connections accepted by Envoy's worker 0 and worker 1.
+    workers: (u64, u64),
 }
 
 impl Case {
@@ -510,6 +546,9 @@ fn headers(list: &[(&str, &str)]) -> Vec<(String, String)> {
 fn bench_options(upstream: u16, plugin_config: Value) -> EnvoyOptions {
     EnvoyOptions {
         access_log: false,
+        // Kernel SO_REUSEPORT hashing spreads wrk's 8 connections unevenly (8/1 happens), which
+        // swings requests/s by a third between identical runs: hand them out evenly instead.
+        listener_extra: "connection_balance_config: { exact_balance: {} }".to_string(),
         // The harness default FAIL_CLOSED: a crashing VM shows up as 503s, not as a fast bypass.
         ..EnvoyOptions::new(upstream, plugin_config)
     }
@@ -719,6 +758,9 @@ fn measure(case: &Case, settings: &Settings, ticks_per_s: u64, raw: &mut String)
         wrk(settings.warmup, case.envoy.port(), case.path, &case.headers);
     }
     let pid = case.envoy.pid();
+    let workers_before = case.envoy.worker_connections();
+    let (busy_before, total_before) = machine_ticks();
+    let own_before = own_ticks();
     let before = cpu_ticks(pid);
     let (run, text) = wrk(
         settings.seconds,
@@ -727,11 +769,21 @@ fn measure(case: &Case, settings: &Settings, ticks_per_s: u64, raw: &mut String)
         &case.headers,
     );
     let after = cpu_ticks(pid);
-    let cpu_us = (after - before) as f64 * 1e6 / ticks_per_s as f64;
+    let own_after = own_ticks();
+    let (busy_after, total_after) = machine_ticks();
+    let workers_after = case.envoy.worker_connections();
+    let envoy_ticks = after - before;
+    let cpu_us = envoy_ticks as f64 * 1e6 / ticks_per_s as f64;
+    let other = (busy_after - busy_before).saturating_sub(envoy_ticks + (own_after - own_before));
     let _ = writeln!(raw, "### {}\n\n```\n{}```\n", case.name, text);
     Measured {
         cpu_us_per_request: cpu_us / run.requests as f64,
         rss_kib: rss_kib(pid),
+        other_load: other as f64 * 100.0 / (total_after - total_before).max(1) as f64,
+        workers: (
+            workers_after.0 - workers_before.0,
+            workers_after.1 - workers_before.1,
+        ),
         wrk: run,
     }
 }
@@ -886,8 +938,10 @@ impl Report<'_> {
         );
         let _ = writeln!(
             out,
-            "- Envoy {}, `--concurrency 2 --disable-hot-restart`, one Envoy per case, access \
-             log off, wasm runtime V8",
+            "- Envoy {}, `--concurrency 2 --disable-hot-restart`, wasm runtime V8, access log \
+             off; one Envoy per case, all started first and idle while another is measured; \
+             listener `connection_balance_config: exact_balance` so wrk's connections split \
+             evenly over the two workers (kernel hashing gave 8/1 splits and one-third swings)",
             m.envoy
         );
         let _ = writeln!(
@@ -905,9 +959,12 @@ impl Report<'_> {
         );
         let _ = writeln!(
             out,
-            "- wasm: negcache.wasm {} bytes, negcache_floor.wasm {} bytes (both release, \
-             opt-level z, LTO, stripped)",
+            "- wasm: `{}` {} bytes, floor `{}` {} bytes (both the release profile: opt-level z, \
+             LTO, stripped; `make bench` passes both through the same `wasm-opt` as `make \
+             build` when it is installed)",
+            relative(&s.negcache_wasm),
             file_size(&s.negcache_wasm),
+            relative(&s.floor_wasm),
             file_size(&s.floor_wasm)
         );
         let _ = writeln!(
@@ -997,6 +1054,12 @@ impl Report<'_> {
         }
 
         let _ = writeln!(out, "\n## Per round\n");
+        let _ = writeln!(
+            out,
+            "Requests/s (Envoy CPU µs/request) of each measurement. The last row is the largest \
+             share of the machine's CPU used by anything but Envoy, wrk and the bench process \
+             (other processes, hypervisor steal) during a measurement of that round.\n"
+        );
         let _ = write!(out, "| case |");
         for r in 1..=s.rounds {
             let _ = write!(out, " round {r} req/s (CPU µs/req) |");
@@ -1013,6 +1076,17 @@ impl Report<'_> {
             }
             out.push('\n');
         }
+        let _ = write!(out, "| other load, max % |");
+        for r in 0..s.rounds {
+            let worst = self
+                .cases
+                .iter()
+                .filter_map(|c| c.runs.get(r))
+                .map(|m| m.other_load)
+                .fold(0.0, f64::max);
+            let _ = write!(out, " {worst:.0} |");
+        }
+        out.push('\n');
 
         let with_metrics: Vec<&Case> = self
             .cases
@@ -1116,6 +1190,15 @@ const CPU_DELTAS: [(&str, &str); 6] = [
     ("noop-wasm-2", "noop-wasm"),
 ];
 
+/// `path` relative to the repository when it is inside it.
+fn relative(path: &Path) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
 fn file_size(path: &Path) -> u64 {
     fs::metadata(path).map_or(0, |m| m.len())
 }
@@ -1147,14 +1230,17 @@ fn main() {
             let m = measure(case, &settings, ticks_per_s, &mut raw);
             eprintln!(
                 "bench: round {round}/{} {:<13} {:>8.0} req/s  p50 {:>9}  p99 {:>9}  \
-                 {:>6.1} CPU µs/req  {:>6.1} MiB",
+                 {:>6.1} CPU µs/req  {:>5.1} MiB  workers {}/{}  other load {:.0} %",
                 settings.rounds,
                 case.name,
                 m.wrk.rps,
                 fmt_us(m.wrk.p50_us),
                 fmt_us(m.wrk.p99_us),
                 m.cpu_us_per_request,
-                mib(m.rss_kib)
+                mib(m.rss_kib),
+                m.workers.0,
+                m.workers.1,
+                m.other_load
             );
             if !m.wrk.socket_errors.is_empty() {
                 eprintln!("bench:   socket errors: {}", m.wrk.socket_errors);
