@@ -974,9 +974,13 @@ impl Report<'_> {
         );
         let _ = writeln!(
             out,
-            "wrk, the upstream and Envoy share the {} cores, so requests/s mostly measure the \
-             machine; **Envoy CPU µs per request** (utime + stime of the Envoy process over \
-             the measurement, divided by the requests) is the steadier figure.\n",
+            "wrk, the upstream and Envoy share the {} cores: Envoy gets about the same CPU \
+             share in every case, so requests/s follow its cost per request. **Envoy CPU µs \
+             per request** (utime + stime of the Envoy process over the measurement, divided \
+             by the requests) does not depend on how fast wrk and the upstream ran, but both \
+             figures move together with the speed of the (virtual) machine from one \
+             measurement to the next: compare cases within a round (the ratios and \
+             differences below), and read `noop-wasm-2` against `noop-wasm` as the noise.\n",
             m.nproc
         );
 
