@@ -190,29 +190,10 @@ fn a_web_app_reads_the_filters_replies_behind_envoys_cors_filter() {
         return;
     };
     let upstream = upstream(false);
-    let filter = r#"
-- name: envoy.filters.http.cors
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
-"#;
-    let policy = format!(
-        r#"
-typed_per_filter_config:
-  envoy.filters.http.cors:
-    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
-    allow_origin_string_match:
-    - exact: "{}"
-    allow_methods: "GET"
-    allow_headers: "authorization"
-    expose_headers: "retry-after, x-negcache"
-"#,
-        page_origin(&upstream)
+    let envoy = Envoy::start(
+        EnvoyOptions::new(upstream.port(), filter_config(json!({})))
+            .with_envoy_cors(&page_origin(&upstream)),
     );
-    let envoy = Envoy::start(EnvoyOptions {
-        extra_http_filters: filter.to_string(),
-        virtual_host_extra: policy,
-        ..EnvoyOptions::new(upstream.port(), filter_config(json!({})))
-    });
     let results = run_page(&browser, &upstream, &envoy);
     assert_readable(&results);
     assert_eq!(

@@ -125,28 +125,6 @@ fn without_cors_configured_local_replies_add_nothing() {
     assert!(hit.header("access-control-allow-origin").is_none());
 }
 
-/// Envoy's CORS filter before negcache, negcache's own `cors` empty.
-pub fn envoy_cors_filter(origin: &str) -> (String, String) {
-    let filter = r#"
-- name: envoy.filters.http.cors
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
-"#;
-    let policy = format!(
-        r#"
-typed_per_filter_config:
-  envoy.filters.http.cors:
-    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
-    allow_origin_string_match:
-    - exact: "{origin}"
-    allow_methods: "GET, POST"
-    allow_headers: "authorization"
-    expose_headers: "retry-after, x-negcache"
-"#
-    );
-    (filter.to_string(), policy)
-}
-
 #[test]
 fn beside_envoys_cors_filter_local_replies_carry_one_allow_origin() {
     let upstream = Upstream::start(|req| {
@@ -155,12 +133,9 @@ fn beside_envoys_cors_filter_local_replies_carry_one_allow_origin() {
         }
         Response::new(401).json(r#"{"error":"invalid token"}"#)
     });
-    let (filter, policy) = envoy_cors_filter(APP);
-    let envoy = Envoy::start(EnvoyOptions {
-        extra_http_filters: filter,
-        virtual_host_extra: policy,
-        ..EnvoyOptions::new(upstream.port(), config(json!({})))
-    });
+    // Envoy's CORS filter before negcache, negcache's own `cors` empty.
+    let envoy =
+        Envoy::start(EnvoyOptions::new(upstream.port(), config(json!({}))).with_envoy_cors(APP));
     let miss = get(&envoy, "dead", Some(APP));
     assert_eq!(miss.header_all("access-control-allow-origin"), vec![APP]);
     let hit = get(&envoy, "dead", Some(APP));

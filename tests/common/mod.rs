@@ -986,6 +986,32 @@ impl EnvoyOptions {
         }
     }
 
+    /// Envoy's own CORS filter in front of negcache, allowing `origin` (GET and POST with
+    /// `authorization`, exposing `retry-after` and `x-negcache`): the second CORS set-up the
+    /// README describes.
+    pub fn with_envoy_cors(mut self, origin: &str) -> EnvoyOptions {
+        self.extra_http_filters.push_str(
+            r#"
+- name: envoy.filters.http.cors
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
+"#,
+        );
+        self.virtual_host_extra.push_str(&format!(
+            r#"
+typed_per_filter_config:
+  envoy.filters.http.cors:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+    allow_origin_string_match:
+    - exact: "{origin}"
+    allow_methods: "GET, POST"
+    allow_headers: "authorization"
+    expose_headers: "retry-after, x-negcache"
+"#
+        ));
+        self
+    }
+
     /// Plain Envoy, no wasm filter.
     pub fn without_filter(upstream_port: u16) -> EnvoyOptions {
         EnvoyOptions {
