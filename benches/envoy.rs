@@ -107,10 +107,12 @@ impl Settings {
         }
     }
 
+    /// Host-call probes run only when named (`BENCH_CASES=noop-wasm,probe-headers,...`).
     fn wants(&self, case: &str) -> bool {
-        self.cases
-            .as_ref()
-            .is_none_or(|list| list.iter().any(|c| c == case))
+        match &self.cases {
+            Some(list) => list.iter().any(|c| c == case),
+            None => !case.starts_with("probe-"),
+        }
     }
 }
 
@@ -719,6 +721,17 @@ fn build_cases(settings: &Settings, upstream: u16, notes: &mut Vec<String>) -> V
         401,
         &[],
     );
+    for (name, op) in PROBES {
+        add(
+            name,
+            "floor filter making one kind of host call PROBE_TIMES times per request",
+            &mut || Envoy::start(floor(json!({"mode": "probe", "op": op}))),
+            "/ok",
+            &good,
+            200,
+            &[],
+        );
+    }
     add(
         "native-reply",
         "Envoy's own direct_response 401, no wasm filter",
@@ -1057,6 +1070,38 @@ impl Report<'_> {
             );
         }
 
+        let probes: Vec<(&str, &str)> = PROBES
+            .iter()
+            .copied()
+            .filter(|(name, _)| self.cases.iter().any(|c| c.name == *name))
+            .collect();
+        if !probes.is_empty() {
+            let _ = writeln!(out, "\n## What one host call costs\n");
+            let _ = writeln!(
+                out,
+                "Envoy CPU µs per request of a floor filter making one kind of host call {PROBE_TIMES} \
+                 times per request, minus `noop-wasm` in the same round, divided by {PROBE_TIMES}; \
+                 the median, with the range.\n"
+            );
+            let _ = writeln!(out, "| host call | µs per call | min | max |");
+            let _ = writeln!(out, "|---|---:|---:|---:|");
+            for (name, op) in probes {
+                let per_call = self.per_round(name, "noop-wasm", |x, y| {
+                    (x.cpu_us_per_request - y.cpu_us_per_request) / PROBE_TIMES
+                });
+                if per_call.is_empty() {
+                    let _ = writeln!(out, "| `{op}` | n/a | | |");
+                    continue;
+                }
+                let (lo, hi) = min_max(&per_call);
+                let _ = writeln!(
+                    out,
+                    "| `{op}` | {:.2} | {lo:.2} | {hi:.2} |",
+                    median(&per_call)
+                );
+            }
+        }
+
         let _ = writeln!(out, "\n## Per round\n");
         let _ = writeln!(
             out,
@@ -1175,6 +1220,21 @@ impl Report<'_> {
         out
     }
 }
+
+/// Host-call probes (`bench/floor` probe mode): case name and the floor's `op`.
+const PROBES: [(&str, &str); 8] = [
+    ("probe-headers", "headers"),
+    ("probe-header", "header"),
+    ("probe-property", "property"),
+    ("probe-set-property", "set_property"),
+    ("probe-shared-get", "shared_get"),
+    ("probe-shared-set", "shared_set"),
+    ("probe-metric", "metric"),
+    ("probe-time", "time"),
+];
+
+/// Calls per request in the floor's probe mode (`bench/floor/src/lib.rs`).
+const PROBE_TIMES: f64 = 10.0;
 
 const RATIOS: [(&str, &str); 6] = [
     ("pass", "noop-wasm"),

@@ -6,23 +6,50 @@
 //!   context and calls it for every request; that is the cost of any wasm filter.
 //! - `{"mode":"reply"}`: answers every request with a fixed small 401 from
 //!   `on_http_request_headers` (`send_http_response`), the cost of a wasm local reply.
+//! - `{"mode":"probe","op":OP}`: does nothing but one host call `PROBE_TIMES` times per request
+//!   (OP: `headers` all request headers, `header` one header, `property` `source.address`,
+//!   `set_property` filter state, `shared_get` a shared-data read of 68 bytes, `shared_set` a
+//!   shared-data write, `metric` a counter increment, `time` the clock), so the bench can say
+//!   what one call of each kind costs.
 //!
 //! Anything else is refused (`on_configure` returns false), so a mistyped bench configuration
 //! cannot silently measure the wrong floor.
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+
+/// Calls per request in probe mode: enough to stand out of the per-request noise.
+pub const PROBE_TIMES: usize = 10;
+
+const PROBE_OPS: [&str; 8] = [
+    "headers",
+    "header",
+    "property",
+    "set_property",
+    "shared_get",
+    "shared_set",
+    "metric",
+    "time",
+];
 
 /// The 401 body of the reply floor: as short as a typical JSON error.
 const REPLY_BODY: &[u8] = br#"{"error":"invalid token"}"#;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(FloorRoot { reply: false }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(FloorRoot { mode: Mode::Noop }) });
 }}
 
+#[derive(Clone, Copy)]
+enum Mode {
+    Noop,
+    Reply,
+    Probe { op: usize, metric: u32 },
+}
+
 struct FloorRoot {
-    reply: bool,
+    mode: Mode,
 }
 
 impl Context for FloorRoot {}
@@ -34,10 +61,20 @@ impl RootContext for FloorRoot {
             .into_iter()
             .filter(|b| !b.is_ascii_whitespace())
             .collect();
-        match compact.as_slice() {
-            b"" | b"{}" | br#"{"mode":"noop"}"# => self.reply = false,
-            br#"{"mode":"reply"}"# => self.reply = true,
-            other => {
+        let probe = PROBE_OPS
+            .iter()
+            .position(|op| compact == format!(r#"{{"mode":"probe","op":"{op}"}}"#).into_bytes());
+        match (compact.as_slice(), probe) {
+            (_, Some(op)) => {
+                let metric =
+                    hostcalls::define_metric(MetricType::Counter, "floor_probe").unwrap_or(0);
+                // A 68-byte value, the size of a negcache cache record.
+                let _ = hostcalls::set_shared_data("floor/probe", Some(&[7u8; 68]), None);
+                self.mode = Mode::Probe { op, metric };
+            }
+            (b"" | b"{}" | br#"{"mode":"noop"}"#, None) => self.mode = Mode::Noop,
+            (br#"{"mode":"reply"}"#, None) => self.mode = Mode::Reply,
+            (other, None) => {
                 let _ = proxy_wasm::hostcalls::log(
                     LogLevel::Error,
                     &format!(
@@ -52,7 +89,7 @@ impl RootContext for FloorRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(FloorHttp { reply: self.reply }))
+        Some(Box::new(FloorHttp { mode: self.mode }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -61,15 +98,22 @@ impl RootContext for FloorRoot {
 }
 
 struct FloorHttp {
-    reply: bool,
+    mode: Mode,
 }
 
 impl Context for FloorHttp {}
 
 impl HttpContext for FloorHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if !self.reply {
-            return Action::Continue;
+        match self.mode {
+            Mode::Noop => return Action::Continue,
+            Mode::Probe { op, metric } => {
+                for _ in 0..PROBE_TIMES {
+                    probe(op, metric);
+                }
+                return Action::Continue;
+            }
+            Mode::Reply => {}
         }
         self.send_http_response(
             401,
@@ -77,5 +121,35 @@ impl HttpContext for FloorHttp {
             Some(REPLY_BODY),
         );
         Action::Pause
+    }
+}
+
+/// One host call of the kind `op` names (an index into `PROBE_OPS`).
+fn probe(op: usize, metric: u32) {
+    match op {
+        0 => {
+            let _ = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
+        }
+        1 => {
+            let _ = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path");
+        }
+        2 => {
+            let _ = hostcalls::get_property(vec!["source", "address"]);
+        }
+        3 => {
+            let _ = hostcalls::set_property(vec!["floor_probe"], Some(b"miss"));
+        }
+        4 => {
+            let _ = hostcalls::get_shared_data("floor/probe");
+        }
+        5 => {
+            let _ = hostcalls::set_shared_data("floor/probe", Some(&[7u8; 68]), None);
+        }
+        6 => {
+            let _ = hostcalls::increment_metric(metric, 1);
+        }
+        _ => {
+            let _ = hostcalls::get_current_time();
+        }
     }
 }
