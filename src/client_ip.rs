@@ -166,18 +166,13 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::request::HeaderLines;
 
     fn config(json: &str) -> ClientIpConfig {
         Config::parse(json.as_bytes()).unwrap().client_ip
     }
 
     fn resolve_with(config: &ClientIpConfig, peer: &str, pairs: &[(&str, &str)]) -> Resolution {
-        let owned: HeaderLines = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect();
-        resolve(config, Some(peer), &Headers::new(&owned))
+        resolve(config, Some(peer), &Headers::from_pairs(pairs))
     }
 
     fn client(config: &ClientIpConfig, peer: &str, pairs: &[(&str, &str)]) -> Option<String> {
@@ -412,9 +407,17 @@ mod tests {
                 &[("x-forwarded-for", value), ("cf-connecting-ip", value)],
             );
         }
-        assert_eq!(resolve(&config, None, &Headers::new(&[])).client, None);
         assert_eq!(
-            resolve(&config, Some("garbage"), &Headers::new(&[])).client,
+            resolve(&config, None, &Headers::from_pairs::<&str, &str>(&[])).client,
+            None
+        );
+        assert_eq!(
+            resolve(
+                &config,
+                Some("garbage"),
+                &Headers::from_pairs::<&str, &str>(&[])
+            )
+            .client,
             None
         );
     }

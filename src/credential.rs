@@ -100,7 +100,6 @@ fn decode_component(raw: &str) -> Cow<'_, [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::HeaderLines;
 
     /// Request headers, path, and the (source, value) expected.
     type Case<'a> = (Vec<(&'a str, &'a [u8])>, &'a str, Option<(usize, &'a [u8])>);
@@ -116,11 +115,7 @@ mod tests {
     }
 
     fn find(pairs: &[(&str, &[u8])], path: &str) -> Option<(usize, Vec<u8>)> {
-        let owned: HeaderLines = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_vec()))
-            .collect();
-        let headers = Headers::new(&owned);
+        let headers = Headers::from_pairs(pairs);
         let only_query_and_header: Vec<CredentialSource> = sources()[..4].to_vec();
         let list = if path.starts_with("/seg") {
             sources()

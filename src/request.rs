@@ -1,7 +1,6 @@
 //! A read-only view of request or response headers as the host hands them over: every line,
-//! in order, names lower-case, values as raw bytes (they need not be UTF-8).
-
-pub type HeaderLines = Vec<(String, Vec<u8>)>;
+//! in order, names lower-case, values as raw bytes (they need not be UTF-8). The view borrows
+//! the host's serialized map, so reading a request's headers is one copy, not two per line.
 
 /// What a single-valued header holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,24 +12,58 @@ pub enum Single<'a> {
 }
 
 pub struct Headers<'a> {
-    lines: &'a [(String, Vec<u8>)],
+    lines: Vec<(&'a [u8], &'a [u8])>,
 }
 
 impl<'a> Headers<'a> {
-    pub fn new(lines: &'a [(String, Vec<u8>)]) -> Self {
-        Headers { lines }
+    /// From name/value pairs (tests, benchmarks).
+    pub fn from_pairs<N: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &'a [(N, V)]) -> Self {
+        Headers {
+            lines: pairs
+                .iter()
+                .map(|(name, value)| (name.as_ref(), value.as_ref()))
+                .collect(),
+        }
+    }
+
+    /// From the proxy-wasm serialized map: a little-endian `u32` count, then a `u32` name
+    /// length and a `u32` value length per line, then each name and value followed by a NUL.
+    /// `None` when the bytes do not have that shape.
+    pub fn from_serialized(bytes: &'a [u8]) -> Option<Self> {
+        let read_u32 = |at: usize| -> Option<usize> {
+            let word = bytes.get(at..at + 4)?;
+            Some(u32::from_le_bytes([word[0], word[1], word[2], word[3]]) as usize)
+        };
+        if bytes.is_empty() {
+            return Some(Headers { lines: Vec::new() });
+        }
+        let count = read_u32(0)?;
+        let mut data = 4usize.checked_add(count.checked_mul(8)?)?;
+        if data > bytes.len() {
+            return None;
+        }
+        let mut lines = Vec::with_capacity(count);
+        for index in 0..count {
+            let name_len = read_u32(4 + index * 8)?;
+            let value_len = read_u32(8 + index * 8)?;
+            let name = bytes.get(data..data.checked_add(name_len)?)?;
+            data += name_len + 1;
+            let value = bytes.get(data..data.checked_add(value_len)?)?;
+            data += value_len + 1;
+            lines.push((name, value));
+        }
+        Some(Headers { lines })
     }
 
     /// Every line of `name` (lower-case), in order.
-    pub fn all(&self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let lines = self.lines;
-        lines
+    pub fn all<'n>(&'n self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + 'n {
+        self.lines
             .iter()
-            .filter(move |(key, _)| key.as_str() == name)
-            .map(|(_, value)| value.as_slice())
+            .filter(move |(key, _)| *key == name.as_bytes())
+            .map(|(_, value)| *value)
     }
 
-    pub fn single(&self, name: &'a str) -> Single<'a> {
+    pub fn single(&self, name: &str) -> Single<'a> {
         let mut values = self.all(name);
         match (values.next(), values.next()) {
             (None, _) => Single::Absent,
@@ -42,10 +75,7 @@ impl<'a> Headers<'a> {
     /// The first line of `name`, for headers the proxy itself guarantees to be single
     /// (pseudo-headers, `:status`).
     pub fn first(&self, name: &str) -> Option<&'a [u8]> {
-        self.lines
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_slice())
+        self.all(name).next()
     }
 
     pub fn first_str(&self, name: &str) -> Option<&'a str> {
@@ -54,7 +84,7 @@ impl<'a> Headers<'a> {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.lines.iter().any(|(key, _)| key == name)
+        self.all(name).next().is_some()
     }
 }
 
@@ -62,17 +92,26 @@ impl<'a> Headers<'a> {
 mod tests {
     use super::*;
 
-    fn lines(pairs: &[(&str, &[u8])]) -> HeaderLines {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_vec()))
-            .collect()
+    /// The serialization the host uses (and the SDK's `serialize_map`).
+    fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (name, value) in pairs {
+            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        }
+        for (name, value) in pairs {
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+            out.extend_from_slice(value);
+            out.push(0);
+        }
+        out
     }
 
     #[test]
     fn single_distinguishes_absent_one_and_many() {
-        let owned = lines(&[("a", b"1"), ("b", b"2"), ("b", b"3"), ("c", b"\xff")]);
-        let headers = Headers::new(&owned);
+        let owned: &[(&str, &[u8])] = &[("a", b"1"), ("b", b"2"), ("b", b"3"), ("c", b"\xff")];
+        let headers = Headers::from_pairs(owned);
         assert_eq!(headers.single("x"), Single::Absent);
         assert_eq!(headers.single("a"), Single::One(b"1"));
         assert_eq!(headers.single("b"), Single::Many);
@@ -80,5 +119,41 @@ mod tests {
         assert_eq!(headers.first_str("c"), None);
         assert_eq!(headers.first("c"), Some(&b"\xff"[..]));
         assert!(headers.contains("a") && !headers.contains("z"));
+    }
+
+    #[test]
+    fn the_hosts_serialized_map_is_read_in_place() {
+        let pairs: &[(&str, &[u8])] = &[
+            (":path", b"/x"),
+            ("cookie", b"a=1"),
+            ("cookie", b""),
+            ("k", b"\x00\xff"),
+        ];
+        let bytes = serialize(pairs);
+        let headers = Headers::from_serialized(&bytes).unwrap();
+        assert_eq!(headers.first(":path"), Some(&b"/x"[..]));
+        assert_eq!(
+            headers.all("cookie").collect::<Vec<_>>(),
+            vec![&b"a=1"[..], &b""[..]]
+        );
+        assert_eq!(headers.first("k"), Some(&b"\x00\xff"[..]));
+        assert!(Headers::from_serialized(b"").unwrap().first("x").is_none());
+    }
+
+    #[test]
+    fn malformed_serialized_maps_are_refused() {
+        let good = serialize(&[("name", b"value")]);
+        for cut in 1..good.len() - 1 {
+            assert!(
+                Headers::from_serialized(&good[..cut]).is_none(),
+                "cut at {cut}"
+            );
+        }
+        let mut huge_count = good.clone();
+        huge_count[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Headers::from_serialized(&huge_count).is_none());
+        let mut huge_len = good;
+        huge_len[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Headers::from_serialized(&huge_len).is_none());
     }
 }

@@ -24,7 +24,7 @@ use crate::negative_cache::{self, Record, ReplayBody, StoreOutcome};
 use crate::path;
 use crate::rate_limit::{self, Admission};
 use crate::reply::{self, LocalReply};
-use crate::request::{HeaderLines, Headers};
+use crate::request::Headers;
 use crate::runtime::Runtime;
 
 /// An upstream names a credential that is good now; the header carries it raw, so it never
@@ -101,11 +101,12 @@ impl HttpContext for NegcacheHttp {
         let Some(runtime) = self.runtime.clone() else {
             return Action::Continue;
         };
-        let Ok(lines) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
+        let map = ffi::header_map(MapType::HttpRequestHeaders);
+        let Some(headers) = map.as_deref().and_then(Headers::from_serialized) else {
             self.error();
             return Action::Continue;
         };
-        self.on_request(&runtime, &lines)
+        self.on_request(&runtime, &headers)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -115,11 +116,12 @@ impl HttpContext for NegcacheHttp {
         let Some(runtime) = self.runtime.clone() else {
             return Action::Continue;
         };
-        let Ok(lines) = hostcalls::get_map_bytes(MapType::HttpResponseHeaders) else {
+        let map = ffi::header_map(MapType::HttpResponseHeaders);
+        let Some(headers) = map.as_deref().and_then(Headers::from_serialized) else {
             self.error();
             return Action::Continue;
         };
-        self.on_response(&runtime, &lines, end_of_stream);
+        self.on_response(&runtime, &headers, end_of_stream);
         Action::Continue
     }
 
@@ -168,8 +170,7 @@ impl HttpContext for NegcacheHttp {
 }
 
 impl NegcacheHttp {
-    fn on_request(&mut self, runtime: &Runtime, lines: &HeaderLines) -> Action {
-        let headers = Headers::new(lines);
+    fn on_request(&mut self, runtime: &Runtime, headers: &Headers) -> Action {
         let config = &runtime.config;
         let raw_path = String::from_utf8_lossy(headers.first(":path").unwrap_or(b"/")).into_owned();
         let method =
@@ -178,8 +179,8 @@ impl NegcacheHttp {
             .first(":authority")
             .unwrap_or_default()
             .to_ascii_lowercase();
-        let credential_identity = credential::extract(&config.credentials, &headers, &raw_path)
-            .map(|found| {
+        let credential_identity =
+            credential::extract(&config.credentials, headers, &raw_path).map(|found| {
                 runtime.hasher.identity(
                     &authority,
                     Who::Credential {
@@ -239,7 +240,7 @@ impl NegcacheHttp {
             self.request = Some(seen);
             return Action::Continue;
         }
-        let client = self.resolve_client(runtime, &headers);
+        let client = self.resolve_client(runtime, headers);
         seen.client = client.map(|ip| client_ip::group(ip, config.client_ip.ipv6_prefix));
         ffi::set_filter_state(
             CLIENT,
@@ -454,8 +455,7 @@ impl NegcacheHttp {
         resolution.client
     }
 
-    fn on_response(&mut self, runtime: &Runtime, lines: &HeaderLines, end_of_stream: bool) {
-        let headers = Headers::new(lines);
+    fn on_response(&mut self, runtime: &Runtime, headers: &Headers, end_of_stream: bool) {
         let cache = &runtime.config.negative_cache;
 
         if headers.contains(PURGE_HEADER) {
