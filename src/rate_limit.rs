@@ -136,11 +136,6 @@ pub fn next_block_len(record: &ClientRecord, now_ms: u64, config: &RateLimitConf
         .clamp(config.block_ms, escalation.max_block_ms)
 }
 
-/// Seconds left until `until_ms`, rounded up, never 0.
-pub fn retry_after_seconds(until_ms: u64, now_ms: u64) -> u64 {
-    crate::reply::seconds_until(until_ms, now_ms)
-}
-
 /// What a request may do when it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -617,13 +612,5 @@ mod tests {
         limiter.store.conflicts.set(3);
         let outcome = limiter.fail(1, T0 + 9, None);
         assert!(outcome.block_ms.is_some(), "the sixth failure blocks");
-    }
-
-    #[test]
-    fn retry_after_rounds_up_and_is_never_zero() {
-        assert_eq!(retry_after_seconds(T0 + 1, T0), 1);
-        assert_eq!(retry_after_seconds(T0 + 1_001, T0), 2);
-        assert_eq!(retry_after_seconds(T0, T0), 1);
-        assert_eq!(retry_after_seconds(T0 - 5, T0), 1);
     }
 }

@@ -352,7 +352,7 @@ impl NegcacheHttp {
                 }
                 return None;
             }
-            Admission::Blocked { until_ms } => rate_limit::retry_after_seconds(until_ms, now),
+            Admission::Blocked { until_ms } => reply::seconds_until(until_ms, now),
             Admission::InflightFull => 1,
         };
         let who = seen.client.as_deref().unwrap_or("unresolved");
