@@ -60,7 +60,7 @@ impl Parser<'_> {
         }
     }
 
-    fn expect(&mut self, literal: &str) -> Result<(), String> {
+    fn literal(&mut self, literal: &str) -> Result<(), String> {
         if self.text[self.at..].starts_with(literal.as_bytes()) {
             self.at += literal.len();
             Ok(())
@@ -79,9 +79,9 @@ impl Parser<'_> {
             Some(b'{') => self.object(depth),
             Some(b'[') => self.array(depth),
             Some(b'"') => self.string().map(Json::String),
-            Some(b't') => self.expect("true").map(|()| Json::Bool(true)),
-            Some(b'f') => self.expect("false").map(|()| Json::Bool(false)),
-            Some(b'n') => self.expect("null").map(|()| Json::Null),
+            Some(b't') => self.literal("true").map(|()| Json::Bool(true)),
+            Some(b'f') => self.literal("false").map(|()| Json::Bool(false)),
+            Some(b'n') => self.literal("null").map(|()| Json::Null),
             Some(b'-' | b'0'..=b'9') => self.number(),
             Some(_) => Err(self.error("expected a value")),
         }

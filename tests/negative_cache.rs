@@ -74,13 +74,8 @@ fn a_401_is_replayed_identically_without_reaching_the_upstream() {
     assert_eq!(envoy.metric("negcache_stores_total"), 1);
     assert_eq!(envoy.metric("negcache_errors_total"), 0);
 
-    let decisions: Vec<String> = envoy
-        .wait_access_log(6)
-        .into_iter()
-        .filter_map(|e| e.decision)
-        .collect();
-    assert_eq!(decisions.iter().filter(|d| *d == "stored").count(), 1);
-    assert_eq!(decisions.iter().filter(|d| *d == "hit").count(), 5);
+    assert_eq!(envoy.count_decisions(6, "stored"), 1);
+    assert_eq!(envoy.count_decisions(6, "hit"), 5);
     assert!(!envoy.log().contains("wrong-token-1"));
 }
 
@@ -449,12 +444,7 @@ fn shadow_mode_looks_up_and_stores_but_never_answers() {
     assert_eq!(upstream.count(), 4);
     envoy.wait_metric("negcache_shadow_hits_total", 3);
     assert_eq!(envoy.metric("negcache_hits_total"), 0);
-    let decisions: Vec<String> = envoy
-        .wait_access_log(4)
-        .into_iter()
-        .filter_map(|e| e.decision)
-        .collect();
-    assert_eq!(decisions.iter().filter(|d| *d == "shadow-hit").count(), 3);
+    assert_eq!(envoy.count_decisions(4, "shadow-hit"), 3);
 }
 
 #[test]
@@ -518,18 +508,7 @@ fn exempt_paths_match_whole_normalized_segments() {
         envoy.get("/healthz/../login", &auth).header("x-negcache"),
         Some("hit")
     );
-    let decisions: Vec<Option<String>> = envoy
-        .wait_access_log(9)
-        .into_iter()
-        .map(|e| e.decision)
-        .collect();
-    assert_eq!(
-        decisions
-            .iter()
-            .filter(|d| d.as_deref() == Some("exempt"))
-            .count(),
-        6
-    );
+    assert_eq!(envoy.count_decisions(9, "exempt"), 6);
 }
 
 #[test]

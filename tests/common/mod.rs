@@ -1732,6 +1732,14 @@ impl Envoy {
             .collect()
     }
 
+    /// How many of the first `n` requests' access log lines show `decision`.
+    pub fn count_decisions(&self, n: usize, decision: &str) -> usize {
+        self.wait_access_log(n)
+            .iter()
+            .filter(|entry| entry.decision.as_deref() == Some(decision))
+            .count()
+    }
+
     /// Waits until the access log has at least `n` entries (lines are
     /// written when a stream ends, after the client got its response).
     pub fn wait_access_log(&self, n: usize) -> Vec<AccessLogEntry> {
