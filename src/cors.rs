@@ -137,7 +137,7 @@ pub struct CorsConfig {
 impl CorsConfig {
     /// The CORS headers for a reply to a request with this `Origin`; empty when the origin is
     /// absent or not allowed, or nothing is configured.
-    pub fn headers_for(&self, origin: Option<&[u8]>) -> Vec<(String, String)> {
+    pub fn headers_for(&self, origin: Option<&[u8]>) -> Vec<(&'static str, String)> {
         let Some(raw) = origin.and_then(|o| std::str::from_utf8(o).ok()) else {
             return Vec::new();
         };
@@ -155,20 +155,14 @@ impl CorsConfig {
         } else {
             raw.to_string()
         };
-        let mut headers = vec![("access-control-allow-origin".to_string(), allow_origin)];
+        let mut headers = vec![("access-control-allow-origin", allow_origin)];
         if self.allow_credentials {
-            headers.push((
-                "access-control-allow-credentials".to_string(),
-                "true".to_string(),
-            ));
+            headers.push(("access-control-allow-credentials", "true".to_string()));
         }
         if !self.expose_headers.is_empty() {
-            headers.push((
-                "access-control-expose-headers".to_string(),
-                self.expose_headers.clone(),
-            ));
+            headers.push(("access-control-expose-headers", self.expose_headers.clone()));
         }
-        headers.push(("vary".to_string(), "origin".to_string()));
+        headers.push(("vary", "origin".to_string()));
         headers
     }
 }
@@ -192,7 +186,7 @@ mod tests {
         config
             .headers_for(Some(origin.as_bytes()))
             .into_iter()
-            .find(|(k, _)| k == "access-control-allow-origin")
+            .find(|(k, _)| *k == "access-control-allow-origin")
             .map(|(_, v)| v)
     }
 
@@ -264,12 +258,9 @@ mod tests {
         assert_eq!(
             headers,
             vec![
-                (
-                    "access-control-allow-origin".into(),
-                    "https://x.test".into()
-                ),
-                ("access-control-allow-credentials".into(), "true".into()),
-                ("vary".into(), "origin".into()),
+                ("access-control-allow-origin", "https://x.test".into()),
+                ("access-control-allow-credentials", "true".into()),
+                ("vary", "origin".into()),
             ]
         );
     }
@@ -282,14 +273,14 @@ mod tests {
             headers,
             vec![
                 (
-                    "access-control-allow-origin".into(),
+                    "access-control-allow-origin",
                     "https://app.example.com".into()
                 ),
                 (
-                    "access-control-expose-headers".into(),
+                    "access-control-expose-headers",
                     "retry-after, x-negcache".into()
                 ),
-                ("vary".into(), "origin".into()),
+                ("vary", "origin".into()),
             ]
         );
     }

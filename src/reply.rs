@@ -5,7 +5,7 @@ use crate::negative_cache::{Record, ReplayBody};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
 }
 
@@ -17,17 +17,17 @@ pub fn seconds_until(reset_ms: u64, now_ms: u64) -> u64 {
 /// A cache hit: the stored status, body, `content-type` and `www-authenticate`, plus `x-negcache:
 /// hit`, `age`, and `retry-after` counting down to the upstream's reset time. When the upstream's
 /// body was not kept, a short JSON body of the filter's own stands in for it.
-pub fn cache_hit(record: &Record, replay: &ReplayBody, now_ms: u64) -> LocalReply {
-    let mut headers = Vec::with_capacity(5);
-    let body = match &replay.body {
+pub fn cache_hit(record: &Record, replay: ReplayBody, now_ms: u64) -> LocalReply {
+    let mut headers = Vec::with_capacity(9);
+    let body = match replay.body {
         Some(body) => {
             if let Some(content_type) = text(replay.content_type.as_deref()) {
-                headers.push(("content-type".to_string(), content_type));
+                headers.push(("content-type", content_type));
             }
-            body.clone()
+            body
         }
         None => {
-            headers.push(("content-type".to_string(), "application/json".to_string()));
+            headers.push(("content-type", "application/json".to_string()));
             format!(
                 "{{\"error\":\"cached upstream response\",\"status\":{}}}",
                 record.status
@@ -36,14 +36,14 @@ pub fn cache_hit(record: &Record, replay: &ReplayBody, now_ms: u64) -> LocalRepl
         }
     };
     if let Some(challenge) = text(replay.www_authenticate.as_deref()) {
-        headers.push(("www-authenticate".to_string(), challenge));
+        headers.push(("www-authenticate", challenge));
     }
-    headers.push(("x-negcache".to_string(), "hit".to_string()));
+    headers.push(("x-negcache", "hit".to_string()));
     let age = now_ms.saturating_sub(record.stored_ms) / 1000;
-    headers.push(("age".to_string(), age.to_string()));
+    headers.push(("age", age.to_string()));
     if record.reset_ms != 0 {
         headers.push((
-            "retry-after".to_string(),
+            "retry-after",
             seconds_until(record.reset_ms, now_ms).to_string(),
         ));
     }
@@ -59,16 +59,16 @@ pub fn cache_hit(record: &Record, replay: &ReplayBody, now_ms: u64) -> LocalRepl
 /// draft-ietf-httpapi-ratelimit-headers (policy `auth-failures`: `q` failures per `w` seconds).
 pub fn rate_limited(retry_after: u64, policy: Option<(u32, u64)>) -> LocalReply {
     let mut headers = vec![
-        ("content-type".to_string(), "application/json".to_string()),
-        ("retry-after".to_string(), retry_after.to_string()),
+        ("content-type", "application/json".to_string()),
+        ("retry-after", retry_after.to_string()),
     ];
     if let Some((quota, window_seconds)) = policy {
         headers.push((
-            "ratelimit-policy".to_string(),
+            "ratelimit-policy",
             format!("\"auth-failures\";q={quota};w={window_seconds}"),
         ));
         headers.push((
-            "ratelimit".to_string(),
+            "ratelimit",
             format!("\"auth-failures\";r=0;t={retry_after}"),
         ));
     }
@@ -117,7 +117,7 @@ mod tests {
         reply
             .headers
             .iter()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| *k == name)
             .map(|(_, v)| v.as_str())
     }
 
@@ -129,7 +129,7 @@ mod tests {
             body: Some(b"{\"detail\":\"bad token\"}".to_vec()),
             ..ReplayBody::default()
         };
-        let reply = cache_hit(&record(0), &replay, NOW);
+        let reply = cache_hit(&record(0), replay, NOW);
         assert_eq!(reply.status, 401);
         assert_eq!(reply.body, b"{\"detail\":\"bad token\"}");
         assert_eq!(
@@ -149,7 +149,7 @@ mod tests {
     fn retry_after_counts_down_and_never_says_zero() {
         let replay = ReplayBody::default();
         let at = |reset: u64| {
-            let reply = cache_hit(&record(reset), &replay, NOW);
+            let reply = cache_hit(&record(reset), replay.clone(), NOW);
             header(&reply, "retry-after").map(str::to_string)
         };
         assert_eq!(at(NOW + 10_000).as_deref(), Some("10"));
@@ -164,7 +164,7 @@ mod tests {
             content_type: Some(b"text/html".to_vec()),
             ..ReplayBody::default()
         };
-        let reply = cache_hit(&record(0), &replay, NOW);
+        let reply = cache_hit(&record(0), replay, NOW);
         assert_eq!(header(&reply, "content-type"), Some("application/json"));
         let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(body["status"], 401);
@@ -199,7 +199,7 @@ mod tests {
             body: Some(Vec::new()),
             ..ReplayBody::default()
         };
-        let reply = cache_hit(&record(0), &replay, NOW);
+        let reply = cache_hit(&record(0), replay, NOW);
         assert_eq!(header(&reply, "www-authenticate"), None);
         assert_eq!(header(&reply, "content-type"), None);
     }

@@ -39,6 +39,51 @@ pub struct Write {
     pub bytes: Vec<u8>,
 }
 
+/// A slot's shared-data key (`<prefix>/<index>`), built on the stack: a request reads several
+/// slots, and each key would otherwise be an allocation and a trip through `format!`.
+pub struct SlotKey {
+    bytes: [u8; 48],
+    len: usize,
+}
+
+impl SlotKey {
+    fn new(prefix: &str, index: u32) -> SlotKey {
+        let mut key = SlotKey {
+            bytes: [0; 48],
+            len: 0,
+        };
+        // Prefixes are short constants; an oversized one is cut, never a panic.
+        let prefix = &prefix.as_bytes()[..prefix.len().min(32)];
+        key.bytes[..prefix.len()].copy_from_slice(prefix);
+        key.bytes[prefix.len()] = b'/';
+        key.len = prefix.len() + 1;
+        let mut digits = [0u8; 10];
+        let mut n = index;
+        let mut count = 0;
+        loop {
+            digits[count] = b'0' + (n % 10) as u8;
+            count += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for digit in digits[..count].iter().rev() {
+            key.bytes[key.len] = *digit;
+            key.len += 1;
+        }
+        key
+    }
+}
+
+impl std::ops::Deref for SlotKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotTable {
     prefix: &'static str,
@@ -69,8 +114,8 @@ impl SlotTable {
         [first, second]
     }
 
-    pub fn key(&self, index: u32) -> String {
-        format!("{}/{}", self.prefix, index)
+    pub fn key(&self, index: u32) -> SlotKey {
+        SlotKey::new(self.prefix, index)
     }
 
     pub fn read<S: SharedStore>(&self, store: &S, index: u32) -> Result<Slot, StoreError> {
@@ -238,6 +283,16 @@ mod tests {
                 bytes,
             })
         }
+    }
+
+    #[test]
+    fn slot_keys_are_prefix_slash_index() {
+        assert_eq!(&*SlotTable::new("negcache/c", 8).key(0), "negcache/c/0");
+        assert_eq!(
+            &*SlotTable::new("negcache/cb", 8).key(4_294_967_295),
+            "negcache/cb/4294967295"
+        );
+        assert_eq!(&*SlotTable::new("t", 8).key(1_048_575), "t/1048575");
     }
 
     #[test]

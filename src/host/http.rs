@@ -389,7 +389,7 @@ impl NegcacheHttp {
                 {
                     self.count_outcome(runtime, true);
                 }
-                self.send(runtime, reply::cache_hit(record, &body, now))
+                self.send(runtime, reply::cache_hit(record, body, now))
             }
             // Its body belongs to a newer entry being written right now: ask the upstream.
             Ok(None) => {
@@ -414,7 +414,7 @@ impl NegcacheHttp {
         let headers: Vec<(&str, &str)> = local
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|(k, v)| (*k, v.as_str()))
             .collect();
         self.replied_locally = true;
         if hostcalls::send_http_response(u32::from(local.status), headers, Some(&local.body))
