@@ -815,6 +815,15 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// The `median | min | max` cells of per-round values, or `n/a | |` when there are none.
+fn spread_cells(values: &[f64], cell: impl Fn(f64) -> String) -> String {
+    if values.is_empty() {
+        return "n/a | |".to_string();
+    }
+    let (lo, hi) = min_max(values);
+    format!("{} | {} | {}", cell(median(values)), cell(lo), cell(hi))
+}
+
 fn min_max(values: &[f64]) -> (f64, f64) {
     values
         .iter()
@@ -1035,16 +1044,8 @@ impl Report<'_> {
         let _ = writeln!(out, "|---|---:|---:|---:|");
         for (a, b) in RATIOS {
             let ratios = self.per_round(a, b, |x, y| x.wrk.rps / y.wrk.rps);
-            if ratios.is_empty() {
-                let _ = writeln!(out, "| `{a} / {b}` | n/a | | |");
-                continue;
-            }
-            let (lo, hi) = min_max(&ratios);
-            let _ = writeln!(
-                out,
-                "| `{a} / {b}` | {:.3} | {lo:.3} | {hi:.3} |",
-                median(&ratios)
-            );
+            let cells = spread_cells(&ratios, |v| format!("{v:.3}"));
+            let _ = writeln!(out, "| `{a} / {b}` | {cells} |");
         }
 
         let _ = writeln!(out, "\n## Envoy CPU added over the matching floor\n");
@@ -1058,16 +1059,8 @@ impl Report<'_> {
         let _ = writeln!(out, "|---|---|---:|---:|---:|");
         for (a, b) in CPU_DELTAS {
             let deltas = self.per_round(a, b, |x, y| x.cpu_us_per_request - y.cpu_us_per_request);
-            if deltas.is_empty() {
-                let _ = writeln!(out, "| `{a}` | `{b}` | n/a | | |");
-                continue;
-            }
-            let (lo, hi) = min_max(&deltas);
-            let _ = writeln!(
-                out,
-                "| `{a}` | `{b}` | {:+.1} | {lo:+.1} | {hi:+.1} |",
-                median(&deltas)
-            );
+            let cells = spread_cells(&deltas, |v| format!("{v:+.1}"));
+            let _ = writeln!(out, "| `{a}` | `{b}` | {cells} |");
         }
 
         let probes: Vec<(&str, &str)> = PROBES
@@ -1089,16 +1082,8 @@ impl Report<'_> {
                 let per_call = self.per_round(name, "noop-wasm", |x, y| {
                     (x.cpu_us_per_request - y.cpu_us_per_request) / PROBE_TIMES
                 });
-                if per_call.is_empty() {
-                    let _ = writeln!(out, "| `{op}` | n/a | | |");
-                    continue;
-                }
-                let (lo, hi) = min_max(&per_call);
-                let _ = writeln!(
-                    out,
-                    "| `{op}` | {:.2} | {lo:.2} | {hi:.2} |",
-                    median(&per_call)
-                );
+                let cells = spread_cells(&per_call, |v| format!("{v:.2}"));
+                let _ = writeln!(out, "| `{op}` | {cells} |");
             }
         }
 

@@ -345,30 +345,26 @@ mod tests {
             admit(&self.store, &self.table, &self.config, &client(who), now).unwrap()
         }
 
-        fn fail(&self, who: u8, now: u64, reservation: Option<u64>) -> Outcome {
+        fn end(&self, who: u8, now: u64, failed: bool, reservation: Option<u64>) -> Outcome {
+            let client = client(who);
             finish(
                 &self.store,
                 &self.table,
                 &self.config,
-                &client(who),
+                &client,
                 now,
-                true,
+                failed,
                 reservation,
             )
             .unwrap()
         }
 
+        fn fail(&self, who: u8, now: u64, reservation: Option<u64>) -> Outcome {
+            self.end(who, now, true, reservation)
+        }
+
         fn succeed(&self, who: u8, now: u64, reservation: Option<u64>) -> Outcome {
-            finish(
-                &self.store,
-                &self.table,
-                &self.config,
-                &client(who),
-                now,
-                false,
-                reservation,
-            )
-            .unwrap()
+            self.end(who, now, false, reservation)
         }
 
         /// A sequential request: admitted, then failing.
