@@ -37,7 +37,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{ClientConnection, Envoy, EnvoyOptions};
+use common::{ClientConnection, Envoy, EnvoyOptions, METRICS_SETTLE};
 use serde_json::{json, Value};
 
 /// Slots in both tables for `pass` and the memory part.
@@ -658,9 +658,10 @@ fn build_cases(settings: &Settings, upstream: u16, notes: &mut Vec<String>) -> V
                 ..bench_options(upstream, negcache_config(json!({})))
             });
             let took = fill(&envoy, "bench-fill", 0..2 * CAPACITY);
+            thread::sleep(METRICS_SETTLE);
             let (cache, limiter) = (
-                envoy.metric("negcache_slots_used"),
-                envoy.metric("negcache_ratelimit_slots_used"),
+                envoy.metric_now("negcache_slots_used"),
+                envoy.metric_now("negcache_ratelimit_slots_used"),
             );
             notes.push(format!(
                 "`pass`: before measuring, {} distinct failing tokens from {} distinct clients \
@@ -721,6 +722,17 @@ fn build_cases(settings: &Settings, upstream: u16, notes: &mut Vec<String>) -> V
         401,
         &[],
     );
+    for (name, variant) in PASS_CALL_PROBES {
+        add(
+            name,
+            "floor filter making the host calls negcache makes on a good request, and nothing else",
+            &mut || Envoy::start(floor(json!({"mode": "mimic", "variant": variant}))),
+            "/ok",
+            &good,
+            200,
+            &[],
+        );
+    }
     for (name, op) in PROBES {
         add(
             name,
@@ -881,7 +893,7 @@ fn memory(upstream: u16) -> MemoryResult {
         skip_xff_append: true,
         ..bench_options(upstream, config)
     });
-    let settle = || thread::sleep(Duration::from_secs(1));
+    let settle = || thread::sleep(METRICS_SETTLE);
     settle();
     let baseline_kib = rss_kib(envoy.pid());
     eprintln!("bench: memory: {batch} failing credentials from distinct clients");
@@ -902,7 +914,7 @@ fn memory(upstream: u16) -> MemoryResult {
         "negcache_errors_total",
     ]
     .iter()
-    .map(|name| ((*name).to_string(), envoy.metric(name)))
+    .map(|name| ((*name).to_string(), envoy.metric_now(name)))
     .collect();
     MemoryResult {
         baseline_kib,
@@ -945,10 +957,15 @@ impl Report<'_> {
         let m = self.machine;
         let mut out = String::new();
         let _ = writeln!(out, "# negcache benchmark\n");
+        let cases = s
+            .cases
+            .as_ref()
+            .map(|cases| format!("BENCH_CASES={} ", cases.join(",")))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
             "Written by `make bench` (`benches/envoy.rs`); every run overwrites it. \
-             Reproduce with:\n\n```sh\nBENCH_ROUNDS={} BENCH_SECONDS={} BENCH_WARMUP={} make bench\n```\n",
+             Reproduce with:\n\n```sh\n{cases}BENCH_ROUNDS={} BENCH_SECONDS={} BENCH_WARMUP={} make bench\n```\n",
             s.rounds, s.seconds, s.warmup
         );
         let _ = writeln!(out, "## Set-up\n");
@@ -1087,6 +1104,48 @@ impl Report<'_> {
             }
         }
 
+        let mimics: Vec<(&str, &str)> = PASS_CALL_PROBES
+            .iter()
+            .copied()
+            .filter(|(name, _)| self.cases.iter().any(|c| c.name == *name))
+            .collect();
+        if !mimics.is_empty() {
+            let _ = writeln!(out, "\n## negcache's host calls alone\n");
+            let _ = writeln!(
+                out,
+                "A floor filter making the host calls negcache makes on a good request (request \
+                 header map, `source.address`, two filter-state writes, two shared-data reads; on \
+                 the response the purge and inactive headers and `:status`) and nothing else, and \
+                 variants of it. Envoy CPU µs per request over `noop-wasm` and requests/s over \
+                 `noop-wasm`, in the same round; medians, with the ranges.\n"
+            );
+            let _ = writeln!(
+                out,
+                "| case | variant | added µs/request | min | max | ÷ `noop-wasm` | min | max |"
+            );
+            let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
+            for (name, variant) in mimics {
+                let added = self.per_round(name, "noop-wasm", |x, y| {
+                    x.cpu_us_per_request - y.cpu_us_per_request
+                });
+                let ratio = self.per_round(name, "noop-wasm", |x, y| x.wrk.rps / y.wrk.rps);
+                let variant = match variant {
+                    "" => "exactly negcache's",
+                    "with_time" => "plus a clock read",
+                    "response_map" => "the response's whole header map instead of three headers",
+                    "without_property" => "without `source.address`",
+                    "without_set_property" => "without the filter-state writes",
+                    _ => "without reading the response",
+                };
+                let _ = writeln!(
+                    out,
+                    "| `{name}` | {variant} | {} | {} |",
+                    spread_cells(&added, |v| format!("{v:+.1}")),
+                    spread_cells(&ratio, |v| format!("{v:.3}"))
+                );
+            }
+        }
+
         let _ = writeln!(out, "\n## Per round\n");
         let _ = writeln!(
             out,
@@ -1145,10 +1204,11 @@ impl Report<'_> {
                 let _ = write!(out, "---:|");
             }
             out.push('\n');
+            // Each Envoy has been idle since its last measurement: its metrics are flushed.
             for metric in CACHE_METRICS {
                 let _ = write!(out, "| `{metric}` |");
                 for c in &with_metrics {
-                    let _ = write!(out, " {} |", c.envoy.metric(metric));
+                    let _ = write!(out, " {} |", c.envoy.metric_now(metric));
                 }
                 out.push('\n');
             }
@@ -1207,15 +1267,30 @@ impl Report<'_> {
 }
 
 /// Host-call probes (`bench/floor` probe mode): case name and the floor's `op`.
-const PROBES: [(&str, &str); 8] = [
+const PROBES: [(&str, &str); 10] = [
     ("probe-headers", "headers"),
     ("probe-header", "header"),
+    ("probe-header-missing", "header_missing"),
     ("probe-property", "property"),
     ("probe-set-property", "set_property"),
+    ("probe-set-property-new", "set_property_new"),
     ("probe-shared-get", "shared_get"),
     ("probe-shared-set", "shared_set"),
     ("probe-metric", "metric"),
     ("probe-time", "time"),
+];
+
+/// The floor's mimic mode: the host calls negcache makes on a good request, and variants.
+const PASS_CALL_PROBES: [(&str, &str); 6] = [
+    ("probe-pass-calls", ""),
+    ("probe-pass-calls-with-time", "with_time"),
+    ("probe-pass-calls-response-map", "response_map"),
+    ("probe-pass-calls-without-property", "without_property"),
+    (
+        "probe-pass-calls-without-set-property",
+        "without_set_property",
+    ),
+    ("probe-pass-calls-without-response", "without_response"),
 ];
 
 /// Calls per request in the floor's probe mode (`bench/floor/src/lib.rs`).

@@ -134,6 +134,12 @@ impl NegativeCacheConfig {
     pub fn rule_for(&self, status: u16) -> Option<&StatusRule> {
         self.statuses.iter().find(|rule| rule.status == status)
     }
+
+    /// Whether a request carrying a credential needs its client IP for the cache: only when
+    /// some status keys its entries on it.
+    pub fn keys_use_client_ip(&self) -> bool {
+        self.statuses.iter().any(|rule| rule.shape.client_ip)
+    }
 }
 
 /// Where the fingerprint key comes from.
@@ -776,7 +782,13 @@ mod tests {
             let inactive = cache.inactive.as_ref().unwrap();
             assert_eq!(inactive.header, "x-negcache-inactive");
             assert_eq!(inactive.ttl_ms, 3_600_000);
+            assert!(cache.keys_use_client_ip(), "429 entries are per client");
         }
+        let identity_only =
+            parse(r#"{"negative_cache": {"statuses": {"401": {"ttl_seconds": 5}}}}"#)
+                .unwrap()
+                .negative_cache;
+        assert!(!identity_only.keys_use_client_ip());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! authentication failures. Everything outside `host` is plain Rust, tested natively.
 
 pub mod client_ip;
+pub mod clock;
 pub mod config;
 pub mod config_reader;
 pub mod cors;

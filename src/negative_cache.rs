@@ -3,10 +3,11 @@
 //! under a second key read only on a hit, and carries its record's key and store time so a body
 //! that does not belong to its record is never replayed.
 
+use crate::clock::Clock;
 use crate::config::{KeyShape, NegativeCacheConfig};
 use crate::fingerprint::Fingerprint;
 use crate::http_date::retry_after_reset_ms;
-use crate::slots::{SharedStore, Slot, SlotTable, StoreError, Write};
+use crate::slots::{IndexedValues, SharedStore, Slot, SlotTable, StoreError, Write};
 
 const RECORD_VERSION: u8 = 1;
 const RECORD_LEN: usize = 68;
@@ -245,6 +246,11 @@ pub struct StorePlan {
     pub reset_ms: u64,
 }
 
+/// Only client errors are ever cached: a response outside 4xx needs no further look.
+pub fn may_store(status: u16) -> bool {
+    (400..=499).contains(&status)
+}
+
 /// Decides whether an upstream response is stored, for how long and under which key shape.
 /// Only 4xx responses are candidates; the inactive marker applies to credentials only.
 pub fn plan_store(
@@ -255,7 +261,7 @@ pub fn plan_store(
     retry_after: Option<&[u8]>,
     now_ms: u64,
 ) -> Option<StorePlan> {
-    if !(400..=499).contains(&status) {
+    if !may_store(status) {
         return None;
     }
     let inactive = inactive_marker && !anonymous && config.inactive.is_some();
@@ -282,17 +288,18 @@ pub fn plan_store(
     })
 }
 
-/// The cache's two tables in shared data: fixed-size records, and replay bodies.
+/// The cache's two tables in shared data: fixed-size records, two to a key, and replay bodies,
+/// one key per record slot.
 pub struct CacheTables {
     pub records: SlotTable,
-    pub bodies: SlotTable,
+    pub bodies: IndexedValues,
 }
 
 impl CacheTables {
     pub fn new(capacity: u32) -> Self {
         CacheTables {
-            records: SlotTable::new("negcache/c", capacity),
-            bodies: SlotTable::new("negcache/cb", capacity),
+            records: SlotTable::new("negcache/cache", capacity),
+            bodies: IndexedValues::new("negcache/cb"),
         }
     }
 }
@@ -312,14 +319,17 @@ pub fn lookup<S: SharedStore>(
     tables: &CacheTables,
     config: &NegativeCacheConfig,
     identity: &Fingerprint,
-    now_ms: u64,
+    clock: &Clock,
     mut key_for: impl FnMut(KeyShape) -> Option<Fingerprint>,
 ) -> Result<Lookup, StoreError> {
     let mut result = Lookup::default();
-    let candidates = tables.records.candidates(identity);
-    let distinct = if candidates[0] == candidates[1] { 1 } else { 2 };
-    for &index in &candidates[..distinct] {
-        let slot = tables.records.read(store, index)?;
+    let slots = tables.records.read_candidates(store, identity)?;
+    let distinct = if slots[0].index == slots[1].index {
+        1
+    } else {
+        2
+    };
+    for slot in &slots[..distinct] {
         let record = match Record::decode(&slot.bytes) {
             Decoded::Record(record) => record,
             Decoded::Corrupt => {
@@ -328,7 +338,7 @@ pub fn lookup<S: SharedStore>(
             }
             Decoded::Empty | Decoded::OtherVersion => continue,
         };
-        if record.identity != *identity || !record.is_live(now_ms, config.epoch) {
+        if record.identity != *identity || !record.is_live(clock.now_ms(), config.epoch) {
             continue;
         }
         let Some(shape) = entry_shape(config, record.status, record.inactive, record.anonymous)
@@ -339,7 +349,7 @@ pub fn lookup<S: SharedStore>(
             continue;
         }
         if key_for(shape) == Some(record.key) {
-            result.hit = Some((index, record));
+            result.hit = Some((slot.index, record));
             return Ok(result);
         }
     }
@@ -353,8 +363,8 @@ pub fn load_body<S: SharedStore>(
     index: u32,
     record: &Record,
 ) -> Result<Option<ReplayBody>, StoreError> {
-    let slot = tables.bodies.read(store, index)?;
-    Ok(ReplayBody::decode(&slot.bytes).filter(|body| body.belongs_to(record)))
+    let bytes = tables.bodies.read(store, index)?;
+    Ok(ReplayBody::decode(&bytes).filter(|body| body.belongs_to(record)))
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -388,9 +398,7 @@ pub fn store<S: SharedStore>(
     })?;
     if let Some((slot, _)) = written {
         outcome.newly_used = slot.bytes.is_empty();
-        tables
-            .bodies
-            .write_unconditionally(store, slot.index, &body.encode())?;
+        tables.bodies.write(store, slot.index, &body.encode())?;
     }
     Ok(outcome)
 }
@@ -462,20 +470,10 @@ pub fn purge<S: SharedStore>(
     Ok(removed)
 }
 
-impl SlotTable {
-    pub fn write_unconditionally<S: SharedStore>(
-        &self,
-        store: &S,
-        index: u32,
-        bytes: &[u8],
-    ) -> Result<(), StoreError> {
-        store.set(&self.key(index), bytes, 0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::counting;
     use crate::config::Config;
     use crate::fingerprint::{Fingerprinter, KeyParts, Who};
     use crate::slots::memory::MemoryStore;
@@ -580,7 +578,7 @@ mod tests {
                 &self.tables,
                 &self.config,
                 &identity,
-                now,
+                &Clock::fixed(now),
                 |shape| Some(self.hasher.entry(&identity, shape, &World::parts(path))),
             )
             .unwrap();
@@ -589,6 +587,29 @@ mod tests {
                 (record, body)
             })
         }
+    }
+
+    #[test]
+    fn a_credential_without_an_entry_is_looked_up_without_the_clock() {
+        let world = World::new(config());
+        world.save("t1", "/", 401, None, NOW);
+        let lookup_of = |token: &str, clock: &Clock| {
+            let identity = world.identity(token);
+            lookup(
+                &world.store,
+                &world.tables,
+                &world.config,
+                &identity,
+                clock,
+                |shape| Some(world.hasher.entry(&identity, shape, &World::parts("/"))),
+            )
+            .unwrap()
+        };
+        let clock = counting::clock();
+        assert!(lookup_of("t2", &clock).hit.is_none());
+        assert_eq!(counting::reads(), 0);
+        assert!(lookup_of("t1", &clock).hit.is_some());
+        assert_eq!(counting::reads(), 1);
     }
 
     #[test]
@@ -734,7 +755,7 @@ mod tests {
         world
             .tables
             .bodies
-            .write_unconditionally(&world.store, index, &foreign.encode())
+            .write(&world.store, index, &foreign.encode())
             .unwrap();
         let (_, body) = world.find("t1", "/a", NOW + 1).unwrap();
         assert_eq!(body, None);
@@ -752,8 +773,8 @@ mod tests {
         }
         assert!(evictions > 400, "{evictions}");
         assert_eq!(used, 8);
-        // 8 records, at most 8 bodies, and the creation marker.
-        assert!(world.store.keys() <= 2 * 8 + 1, "{}", world.store.keys());
+        // 8 records in 4 keys, at most 8 bodies, and the creation marker.
+        assert!(world.store.keys() <= 4 + 8 + 1, "{}", world.store.keys());
         assert!(world.find("token-499", "/", NOW + 500).is_some());
     }
 
@@ -775,15 +796,16 @@ mod tests {
         let identity = world.identity("t1");
         for index in world.tables.records.candidates(&identity) {
             world
-                .store
-                .put(&world.tables.records.key(index), &[RECORD_VERSION, 1, 2, 3]);
+                .tables
+                .records
+                .plant(&world.store, index, &[RECORD_VERSION, 1, 2, 3]);
         }
         let found = lookup(
             &world.store,
             &world.tables,
             &world.config,
             &identity,
-            NOW,
+            &Clock::fixed(NOW),
             |_| Some(Fingerprint::default()),
         )
         .unwrap();

@@ -3,6 +3,7 @@
 //! reservations so a parallel burst cannot slip past the count. All arithmetic is on plain
 //! numbers and times; the records live in a bounded slot table in shared data.
 
+use crate::clock::Clock;
 use crate::config::RateLimitConfig;
 use crate::fingerprint::Fingerprint;
 use crate::slots::{SharedStore, Slot, SlotTable, StoreError, Write};
@@ -151,7 +152,7 @@ pub enum Admission {
 
 /// The rate limiter's table: `capacity` client records.
 pub fn table(capacity: u32) -> SlotTable {
-    SlotTable::new("negcache/r", capacity)
+    SlotTable::new("negcache/limit", capacity)
 }
 
 fn own_position(
@@ -171,18 +172,19 @@ fn own_position(
 }
 
 /// Checks a request at its start; reserves a place for a client with recent failures. A
-/// client without failures costs two reads and no write.
+/// client without a record costs one read, no write and no look at the clock.
 pub fn admit<S: SharedStore>(
     store: &S,
     table: &SlotTable,
     config: &RateLimitConfig,
     client: &Fingerprint,
-    now_ms: u64,
+    clock: &Clock,
 ) -> Result<Admission, StoreError> {
     let mut admission = Admission::Pass;
     table.update(store, client, |slots| {
         admission = Admission::Pass;
         let (position, mut record) = own_position(slots, client, config.epoch)?;
+        let now_ms = clock.now_ms();
         if record.blocked_at(now_ms) {
             admission = Admission::Blocked {
                 until_ms: record.block_until_ms,
@@ -307,6 +309,7 @@ fn place_new(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::counting;
     use crate::config::Config;
     use crate::slots::memory::MemoryStore;
 
@@ -342,7 +345,8 @@ mod tests {
         }
 
         fn admit(&self, who: u8, now: u64) -> Admission {
-            admit(&self.store, &self.table, &self.config, &client(who), now).unwrap()
+            let clock = Clock::fixed(now);
+            admit(&self.store, &self.table, &self.config, &client(who), &clock).unwrap()
         }
 
         fn end(&self, who: u8, now: u64, failed: bool, reservation: Option<u64>) -> Outcome {
@@ -396,6 +400,35 @@ mod tests {
         assert_eq!(ClientRecord::decode(&bytes), Decoded::Record(record));
         assert_eq!(ClientRecord::decode(&bytes[..10]), Decoded::Unreadable);
         assert_eq!(ClientRecord::decode(b""), Decoded::Empty);
+    }
+
+    #[test]
+    fn a_client_without_a_record_costs_one_read_and_no_clock() {
+        let limiter = Limiter::new("{}");
+        limiter.fail(1, T0, None);
+        let clock = counting::clock();
+        let admission = admit(
+            &limiter.store,
+            &limiter.table,
+            &limiter.config,
+            &client(2),
+            &clock,
+        );
+        assert_eq!(admission, Ok(Admission::Pass));
+        assert_eq!(counting::reads(), 0);
+        let admission = admit(
+            &limiter.store,
+            &limiter.table,
+            &limiter.config,
+            &client(1),
+            &clock,
+        );
+        assert!(admission.is_ok());
+        assert_eq!(
+            counting::reads(),
+            1,
+            "a client with a record needs the time"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub fn agree<S: SharedStore>(
         match store.set(SECRET_KEY, &candidate, cas) {
             Ok(()) => return Ok(current(store)?.unwrap_or_else(|| candidate.to_vec())),
             Err(StoreError::CasMismatch) => continue,
-            Err(StoreError::Host) => return Err(SecretError::Store),
+            Err(StoreError::Host | StoreError::Oversized) => return Err(SecretError::Store),
         }
     }
     Err(SecretError::Store)

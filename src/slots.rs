@@ -1,6 +1,9 @@
-//! A fixed table of `capacity` slots in shared data, one key per slot. Each fingerprint has two
-//! candidate slots; writers read, decide and write back with the CAS they read, retrying on
-//! conflict. The set of keys never grows past `capacity` (shared data cannot delete keys).
+//! Fixed tables in shared data. A `SlotTable` holds `capacity` slots in buckets of two, one
+//! key per bucket: a fingerprint maps to one bucket, so finding it (or learning it is absent)
+//! costs one read. Writers read the bucket, decide, and write it back with the CAS they read,
+//! retrying on conflict. `IndexedValues` is one key per slot index, for values too large to
+//! share a bucket. The set of keys never grows past the capacity (shared data cannot delete
+//! keys).
 
 use crate::fingerprint::Fingerprint;
 
@@ -18,13 +21,18 @@ pub trait SharedStore {
 pub enum StoreError {
     CasMismatch,
     Host,
+    /// A value too large for a bucket's length field (never the case for the fixed records).
+    Oversized,
 }
 
 /// Conflicts come only from the other worker threads of this process, so a handful of retries
 /// is generous; running out is reported as an error, never as a silent lost update.
 pub const MAX_CAS_ATTEMPTS: usize = 16;
 
-/// One slot as read: its bytes (empty for a slot never written) and the CAS to write it back.
+/// Slots per bucket (per shared-data key).
+const WAYS: u32 = 2;
+
+/// One slot as read: its bytes (empty for a slot never written) and the CAS of its bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {
     pub index: u32,
@@ -39,15 +47,15 @@ pub struct Write {
     pub bytes: Vec<u8>,
 }
 
-/// A slot's shared-data key (`<prefix>/<index>`), built on the stack: a request reads several
-/// slots, and each key would otherwise be an allocation and a trip through `format!`.
+/// A shared-data key (`<prefix>/<n>`), built on the stack: a request reads several keys, and
+/// each would otherwise be an allocation and a trip through `format!`.
 pub struct SlotKey {
     bytes: [u8; 48],
     len: usize,
 }
 
 impl SlotKey {
-    fn new(prefix: &str, index: u32) -> SlotKey {
+    fn new(prefix: &str, n: u32) -> SlotKey {
         let mut key = SlotKey {
             bytes: [0; 48],
             len: 0,
@@ -58,13 +66,13 @@ impl SlotKey {
         key.bytes[prefix.len()] = b'/';
         key.len = prefix.len() + 1;
         let mut digits = [0u8; 10];
-        let mut n = index;
+        let mut rest = n;
         let mut count = 0;
         loop {
-            digits[count] = b'0' + (n % 10) as u8;
+            digits[count] = b'0' + (rest % 10) as u8;
             count += 1;
-            n /= 10;
-            if n == 0 {
+            rest /= 10;
+            if rest == 0 {
                 break;
             }
         }
@@ -82,6 +90,37 @@ impl std::ops::Deref for SlotKey {
     fn deref(&self) -> &str {
         std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
     }
+}
+
+/// The two ways of a bucket, each prefixed by its length (u16, little endian). An empty value
+/// (a bucket created but never written) is two empty slots.
+fn decode_bucket(value: &[u8]) -> [Vec<u8>; 2] {
+    let mut ways: [Vec<u8>; 2] = Default::default();
+    let mut rest = value;
+    for way in &mut ways {
+        let Some((length, tail)) = rest.split_first_chunk::<2>() else {
+            // Too short to hold another way: the rest reads as empty slots, which the next
+            // write replaces with a well-formed bucket.
+            break;
+        };
+        let length = usize::from(u16::from_le_bytes(*length));
+        let Some((bytes, tail)) = tail.split_at_checked(length) else {
+            break;
+        };
+        *way = bytes.to_vec();
+        rest = tail;
+    }
+    ways
+}
+
+fn encode_bucket(ways: &[Vec<u8>; 2]) -> Result<Vec<u8>, StoreError> {
+    let mut value = Vec::with_capacity(ways.iter().map(|way| way.len() + 2).sum());
+    for way in ways {
+        let length = u16::try_from(way.len()).map_err(|_| StoreError::Oversized)?;
+        value.extend_from_slice(&length.to_le_bytes());
+        value.extend_from_slice(way);
+    }
+    Ok(value)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,40 +141,57 @@ impl SlotTable {
         self.capacity
     }
 
-    /// Two slots from two independent halves of the fingerprint (the same one twice only
-    /// when the table has a single slot or the halves collide).
+    fn buckets(&self) -> u32 {
+        self.capacity.div_ceil(WAYS)
+    }
+
+    /// The two slots of the fingerprint's bucket (the same one twice for the last bucket of a
+    /// table with an odd capacity).
     pub fn candidates(&self, fp: &Fingerprint) -> [u32; 2] {
-        let capacity = u64::from(self.capacity);
-        let first = (fp.low_u64() % capacity) as u32;
-        let mut second = (fp.high_u64() % capacity) as u32;
-        if second == first && self.capacity > 1 {
-            second = (first + 1) % self.capacity;
-        }
+        let bucket = (fp.low_u64() % u64::from(self.buckets())) as u32;
+        let first = bucket * WAYS;
+        let second = (first + 1).min(self.capacity - 1);
         [first, second]
     }
 
+    /// The key of the bucket holding slot `index`.
     pub fn key(&self, index: u32) -> SlotKey {
-        SlotKey::new(self.prefix, index)
+        SlotKey::new(self.prefix, index / WAYS)
     }
 
-    pub fn read<S: SharedStore>(&self, store: &S, index: u32) -> Result<Slot, StoreError> {
-        let (bytes, cas) = store.get(&self.key(index))?.unwrap_or_default();
-        Ok(Slot { index, bytes, cas })
+    fn read_bucket<S: SharedStore>(
+        &self,
+        store: &S,
+        index: u32,
+    ) -> Result<([Vec<u8>; 2], u32), StoreError> {
+        let (value, cas) = store.get(&self.key(index))?.unwrap_or_default();
+        Ok((decode_bucket(&value), cas))
     }
 
+    /// Both candidate slots of `fp`, in one read.
     pub fn read_candidates<S: SharedStore>(
         &self,
         store: &S,
         fp: &Fingerprint,
     ) -> Result<[Slot; 2], StoreError> {
-        let [a, b] = self.candidates(fp);
-        let first = self.read(store, a)?;
-        let second = if b == a {
-            first.clone()
-        } else {
-            self.read(store, b)?
-        };
-        Ok([first, second])
+        let [first, second] = self.candidates(fp);
+        let (ways, cas) = self.read_bucket(store, first)?;
+        let [way0, way1] = ways;
+        // `first` is always a bucket's first slot; `second` is its other one, or `first` again
+        // in a bucket with a single slot.
+        let second_bytes = if second == first { way0.clone() } else { way1 };
+        Ok([
+            Slot {
+                index: first,
+                bytes: way0,
+                cas,
+            },
+            Slot {
+                index: second,
+                bytes: second_bytes,
+                cas,
+            },
+        ])
     }
 
     /// Read both candidates, let `decide` choose what to write, write it with the CAS read;
@@ -159,18 +215,35 @@ impl SlotTable {
             let Some(slot) = slots.get(write.candidate) else {
                 return Ok(None);
             };
-            match store.set(&self.key(slot.index), &write.bytes, slot.cas) {
+            match self.write_slot(store, &slots, slot.index, &write.bytes) {
                 Ok(()) => return Ok(Some((slot.clone(), write.bytes))),
                 Err(StoreError::CasMismatch) => continue,
-                Err(StoreError::Host) => return Err(StoreError::Host),
+                Err(error) => return Err(error),
             }
         }
         Err(StoreError::CasMismatch)
     }
 
-    /// Creates every slot key that does not exist yet, empty, so that CAS protects each slot
-    /// from its first write on. Run once per process, on the main thread before workers serve:
-    /// a marker key records the capacity already created, so later VMs skip the walk.
+    /// Writes the bucket of `slots` (both candidates of one fingerprint, as read) with slot
+    /// `index` replaced by `bytes`, if the bucket is unchanged since.
+    fn write_slot<S: SharedStore>(
+        &self,
+        store: &S,
+        slots: &[Slot; 2],
+        index: u32,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut ways: [Vec<u8>; 2] = Default::default();
+        for slot in slots {
+            ways[(slot.index % WAYS) as usize].clone_from(&slot.bytes);
+        }
+        ways[(index % WAYS) as usize] = bytes.to_vec();
+        store.set(&self.key(index), &encode_bucket(&ways)?, slots[0].cas)
+    }
+
+    /// Creates every bucket key that does not exist yet, empty, so that CAS protects each
+    /// bucket from its first write on. Run once per process, on the main thread before workers
+    /// serve: a marker key records the capacity already created, so later VMs skip the walk.
     pub fn create_slots<S: SharedStore>(&self, store: &S) -> Result<u32, StoreError> {
         let marker = format!("{}/created", self.prefix);
         if let Some((bytes, _)) = store.get(&marker)? {
@@ -183,8 +256,8 @@ impl SlotTable {
             }
         }
         let mut created = 0;
-        for index in 0..self.capacity {
-            let key = self.key(index);
+        for bucket in 0..self.buckets() {
+            let key = SlotKey::new(self.prefix, bucket);
             if store.get(&key)?.is_none() {
                 store.set(&key, b"", 0)?;
                 created += 1;
@@ -192,6 +265,48 @@ impl SlotTable {
         }
         store.set(&marker, self.capacity.to_string().as_bytes(), 0)?;
         Ok(created)
+    }
+
+    /// Overwrites one slot, whatever its bucket holds: for tests that plant bytes.
+    #[cfg(test)]
+    pub fn plant<S: SharedStore>(&self, store: &S, index: u32, bytes: &[u8]) {
+        let (ways, cas) = self.read_bucket(store, index).unwrap_or_default();
+        let slots = [0, 1].map(|way| Slot {
+            index: index - index % WAYS + way,
+            bytes: ways[way as usize].clone(),
+            cas,
+        });
+        let _ = self.write_slot(store, &slots, index, bytes);
+    }
+}
+
+/// One value per slot index, one key each (`<prefix>/<index>`): for values too large to share a
+/// bucket, written only alongside the slot they belong to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedValues {
+    prefix: &'static str,
+}
+
+impl IndexedValues {
+    pub fn new(prefix: &'static str) -> Self {
+        IndexedValues { prefix }
+    }
+
+    /// The value at `index` (empty when never written).
+    pub fn read<S: SharedStore>(&self, store: &S, index: u32) -> Result<Vec<u8>, StoreError> {
+        Ok(store
+            .get(&SlotKey::new(self.prefix, index))?
+            .map(|(value, _)| value)
+            .unwrap_or_default())
+    }
+
+    pub fn write<S: SharedStore>(
+        &self,
+        store: &S,
+        index: u32,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        store.set(&SlotKey::new(self.prefix, index), bytes, 0)
     }
 }
 
@@ -286,39 +401,111 @@ mod tests {
     }
 
     #[test]
-    fn slot_keys_are_prefix_slash_index() {
-        assert_eq!(&*SlotTable::new("negcache/c", 8).key(0), "negcache/c/0");
+    fn keys_are_prefix_slash_number_with_two_slots_a_bucket() {
+        let table = SlotTable::new("negcache/cache", 8);
+        assert_eq!(&*table.key(0), "negcache/cache/0");
+        assert_eq!(&*table.key(1), "negcache/cache/0");
+        assert_eq!(&*table.key(7), "negcache/cache/3");
         assert_eq!(
-            &*SlotTable::new("negcache/cb", 8).key(4_294_967_295),
+            &*SlotKey::new("negcache/cb", 4_294_967_295),
             "negcache/cb/4294967295"
         );
-        assert_eq!(&*SlotTable::new("t", 8).key(1_048_575), "t/1048575");
+        assert_eq!(&*SlotKey::new("t", 1_048_575), "t/1048575");
     }
 
     #[test]
-    fn candidates_are_two_distinct_slots_in_range() {
+    fn candidates_are_the_two_slots_of_one_bucket_in_range() {
         let table = SlotTable::new("t", 10);
         for n in 0..=255 {
             let [a, b] = table.candidates(&fp(n));
-            assert!(a < 10 && b < 10 && a != b);
+            assert!(a < 10 && b == a + 1 && a % 2 == 0, "{a} {b}");
         }
         assert_eq!(SlotTable::new("t", 1).candidates(&fp(9)), [0, 0]);
+        // An odd capacity: the last bucket has a single slot.
+        let odd = SlotTable::new("t", 9);
+        let last = (0..=255)
+            .map(|n| odd.candidates(&fp(n)))
+            .find(|[a, _]| *a == 8)
+            .unwrap();
+        assert_eq!(last, [8, 8]);
     }
 
     #[test]
     fn creating_slots_is_bounded_and_done_once() {
         let store = MemoryStore::default();
-        let table = SlotTable::new("negcache/c", 64);
-        assert_eq!(table.create_slots(&store).unwrap(), 64);
-        assert_eq!(store.keys(), 65);
+        let table = SlotTable::new("negcache/cache", 64);
+        assert_eq!(table.create_slots(&store).unwrap(), 32);
+        assert_eq!(store.keys(), 33, "32 buckets and the marker");
         let writes = store.writes.get();
         assert_eq!(table.create_slots(&store).unwrap(), 0);
         assert_eq!(store.writes.get(), writes, "a second VM writes nothing");
         // Existing data is never overwritten by creation.
-        store.put("negcache/c/3", b"data");
-        store.put("negcache/c/created", b"0");
+        store.put("negcache/cache/3", b"data");
+        store.put("negcache/cache/created", b"0");
         assert_eq!(table.create_slots(&store).unwrap(), 0);
-        assert_eq!(store.map.borrow()["negcache/c/3"].0, b"data");
+        assert_eq!(store.map.borrow()["negcache/cache/3"].0, b"data");
+    }
+
+    #[test]
+    fn writing_one_slot_keeps_the_other_slot_of_its_bucket() {
+        let store = MemoryStore::default();
+        let table = SlotTable::new("t", 8);
+        table.create_slots(&store).unwrap();
+        let write = |candidate: usize, bytes: &'static [u8]| {
+            table
+                .update(&store, &fp(1), |_| {
+                    Some(Write {
+                        candidate,
+                        bytes: bytes.to_vec(),
+                    })
+                })
+                .unwrap()
+        };
+        write(1, b"second");
+        let (before, _) = write(0, b"first").unwrap();
+        assert!(before.bytes.is_empty());
+        let [a, b] = table.read_candidates(&store, &fp(1)).unwrap();
+        assert_eq!(
+            (a.bytes.as_slice(), b.bytes.as_slice()),
+            (&b"first"[..], &b"second"[..])
+        );
+        assert_eq!(store.keys(), 5, "one key a bucket");
+    }
+
+    #[test]
+    fn a_malformed_bucket_reads_as_empty_slots_and_is_rewritten() {
+        let store = MemoryStore::default();
+        let table = SlotTable::new("t", 8);
+        store.put(&table.key(table.candidates(&fp(1))[0]), &[200, 0, 1, 2]);
+        let [a, b] = table.read_candidates(&store, &fp(1)).unwrap();
+        assert!(a.bytes.is_empty() && b.bytes.is_empty());
+        table.update(&store, &fp(1), append(b'x')).unwrap();
+        let [a, _] = table.read_candidates(&store, &fp(1)).unwrap();
+        assert_eq!(a.bytes, b"x");
+    }
+
+    #[test]
+    fn an_oversized_slot_is_refused() {
+        let store = MemoryStore::default();
+        let table = SlotTable::new("t", 8);
+        let huge = vec![1u8; 70_000];
+        let result = table.update(&store, &fp(1), |_| {
+            Some(Write {
+                candidate: 0,
+                bytes: huge.clone(),
+            })
+        });
+        assert_eq!(result, Err(StoreError::Oversized));
+    }
+
+    #[test]
+    fn indexed_values_are_one_key_each() {
+        let store = MemoryStore::default();
+        let values = IndexedValues::new("negcache/cb");
+        assert!(values.read(&store, 3).unwrap().is_empty());
+        values.write(&store, 3, b"body").unwrap();
+        assert_eq!(values.read(&store, 3).unwrap(), b"body");
+        assert_eq!(&store.map.borrow()["negcache/cb/3"].0, b"body");
     }
 
     #[test]

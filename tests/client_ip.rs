@@ -275,3 +275,33 @@ fn envoy_defaults_are_flagged_as_header_derived() {
             <= 2
     );
 }
+
+#[test]
+fn the_client_is_resolved_only_when_a_feature_uses_it() {
+    let upstream = Upstream::start(unauthorized);
+    let start = |negative_cache: Value| {
+        Envoy::start(EnvoyOptions {
+            skip_xff_append: true,
+            ..EnvoyOptions::new(
+                upstream.port(),
+                json!({
+                    "client_ip": {"trusted_proxies": [TRUSTED]},
+                    "negative_cache": negative_cache,
+                    "rate_limit": {"enabled": false}
+                }),
+            )
+        })
+    };
+    // Cache only, entries keyed on the credential alone: nothing needs the client.
+    let envoy = start(json!({"statuses": {"401": {"ttl_seconds": 60}}}));
+    get(&envoy, &[("x-forwarded-for", "203.0.113.7")]);
+    let entries = envoy.wait_access_log(1);
+    assert_eq!(entries[0].decision.as_deref(), Some("stored"));
+    assert_eq!(entries[0].client, None, "no feature asked for the client");
+    // Anonymous requests cached per client do.
+    let envoy = start(json!({"cache_anonymous": true, "statuses": {"401": {"ttl_seconds": 60}}}));
+    envoy.get("/", &[("x-forwarded-for", "203.0.113.7")]);
+    let entries = envoy.wait_access_log(1);
+    assert_eq!(entries[0].decision.as_deref(), Some("stored"));
+    assert_eq!(entries[0].client.as_deref(), Some("203.0.113.7"));
+}

@@ -16,6 +16,7 @@ use super::ffi;
 use super::metrics::Metrics;
 use super::store::EnvoyStore;
 use crate::client_ip;
+use crate::clock::Clock;
 use crate::config::KeyShape;
 use crate::credential;
 use crate::fingerprint::{Fingerprint, KeyParts, Who};
@@ -116,6 +117,11 @@ impl HttpContext for NegcacheHttp {
         let Some(runtime) = self.runtime.clone() else {
             return Action::Continue;
         };
+        if !self.response_needs_headers(&runtime) {
+            // A response that changes nothing: release the request's place with the limiter.
+            self.count_outcome(&runtime, false);
+            return Action::Continue;
+        }
         let map = ffi::header_map(MapType::HttpResponseHeaders);
         let Some(headers) = map.as_deref().and_then(Headers::from_serialized) else {
             self.error();
@@ -240,21 +246,32 @@ impl NegcacheHttp {
             self.request = Some(seen);
             return Action::Continue;
         }
-        let client = self.resolve_client(runtime, headers);
-        seen.client = client.map(|ip| client_ip::group(ip, config.client_ip.ipv6_prefix));
-        ffi::set_filter_state(
-            CLIENT,
-            seen.client.as_deref().unwrap_or("unresolved").as_bytes(),
-        );
+        // The client is resolved only for what uses it (a host call and a header walk saved on
+        // every request of a cache-only set-up): the limiter, anonymous entries, entries keyed
+        // on the client IP.
+        let needs_client = limit.enabled
+            || (cache.enabled
+                && (cache.keys_use_client_ip() || (!seen.has_credential && cache.cache_anonymous)));
+        let client = if needs_client {
+            let client = self.resolve_client(runtime, headers);
+            seen.client = client.map(|ip| client_ip::group(ip, config.client_ip.ipv6_prefix));
+            ffi::set_filter_state(
+                CLIENT,
+                seen.client.as_deref().unwrap_or("unresolved").as_bytes(),
+            );
+            client
+        } else {
+            None
+        };
 
-        let now = now_ms();
+        let clock = Clock::new(now_ms);
         if limit.enabled {
             if let (Some(ip), Some(key)) = (client, seen.client.as_deref()) {
                 if !client_ip::contains(&limit.exempt_cidrs, ip) {
                     seen.limited = Some(runtime.hasher.client(key));
                 }
             }
-            if let Some(refusal) = self.admit(runtime, &mut seen, now) {
+            if let Some(refusal) = self.admit(runtime, &mut seen, &clock) {
                 self.request = Some(seen);
                 return self.send(runtime, refusal);
             }
@@ -287,7 +304,7 @@ impl NegcacheHttp {
             &runtime.tables,
             cache,
             &subject.identity,
-            now,
+            &clock,
             |shape| seen.entry_key(runtime, &subject, shape),
         );
         let action = match found {
@@ -306,7 +323,7 @@ impl NegcacheHttp {
                     }
                     Some((index, record)) => {
                         self.request = Some(seen);
-                        let action = self.replay(runtime, index, &record, now);
+                        let action = self.replay(runtime, index, &record, clock.now_ms());
                         return action;
                     }
                     None => {
@@ -322,17 +339,22 @@ impl NegcacheHttp {
     }
 
     /// The rate limiter's check at the start of a request: `Some(reply)` when it refuses it.
-    fn admit(&mut self, runtime: &Runtime, seen: &mut SeenRequest, now: u64) -> Option<LocalReply> {
+    fn admit(
+        &mut self,
+        runtime: &Runtime,
+        seen: &mut SeenRequest,
+        clock: &Clock,
+    ) -> Option<LocalReply> {
         let client = seen.limited?;
         let limit = &runtime.config.rate_limit;
-        let admission = match rate_limit::admit(&EnvoyStore, &runtime.clients, limit, &client, now)
-        {
-            Ok(admission) => admission,
-            Err(_) => {
-                self.error();
-                return None;
-            }
-        };
+        let admission =
+            match rate_limit::admit(&EnvoyStore, &runtime.clients, limit, &client, clock) {
+                Ok(admission) => admission,
+                Err(_) => {
+                    self.error();
+                    return None;
+                }
+            };
         let retry_after = match admission {
             Admission::Pass => return None,
             Admission::Reserved { window_start_ms } => {
@@ -345,14 +367,14 @@ impl NegcacheHttp {
                         &runtime.clients,
                         limit,
                         &client,
-                        now,
+                        clock.now_ms(),
                         false,
                         Some(window_start_ms),
                     );
                 }
                 return None;
             }
-            Admission::Blocked { until_ms } => reply::seconds_until(until_ms, now),
+            Admission::Blocked { until_ms } => reply::seconds_until(until_ms, clock.now_ms()),
             Admission::InflightFull => 1,
         };
         let who = seen.client.as_deref().unwrap_or("unresolved");
@@ -428,9 +450,7 @@ impl NegcacheHttp {
     }
 
     fn resolve_client(&self, runtime: &Runtime, headers: &Headers) -> Option<IpAddr> {
-        let address = hostcalls::get_property(vec!["source", "address"])
-            .ok()
-            .flatten();
+        let address = ffi::source_address();
         let address = address
             .as_deref()
             .and_then(|bytes| std::str::from_utf8(bytes).ok());
@@ -453,6 +473,36 @@ impl NegcacheHttp {
             self.metrics.inc(Metric::ClientIpUnresolved);
         }
         resolution.client
+    }
+
+    /// Whether this response is one the filter acts on (strips a private header, counts a
+    /// failure, may store it, marks a shadow hit), from `:status` and the private headers'
+    /// presence alone: two or three header reads instead of the whole map for a good response.
+    fn response_needs_headers(&self, runtime: &Runtime) -> bool {
+        let config = &runtime.config;
+        let private = |name: &str| ffi::header_value(MapType::HttpResponseHeaders, name).is_some();
+        if private(PURGE_HEADER)
+            || config
+                .negative_cache
+                .inactive
+                .as_ref()
+                .is_some_and(|rule| private(&rule.header))
+        {
+            return true;
+        }
+        let status = ffi::header_value(MapType::HttpResponseHeaders, ":status")
+            .and_then(|value| std::str::from_utf8(&value).ok()?.parse::<u16>().ok());
+        let Some(status) = status else {
+            // Not a status this filter can read: the full path reports it.
+            return true;
+        };
+        let request = self.request.as_ref();
+        let cacheable = config.negative_cache.enabled
+            && negative_cache::may_store(status)
+            && request.is_some_and(|r| r.subject.is_some() && !r.bypass);
+        let counted = request.is_some_and(|r| r.limited.is_some())
+            && config.rate_limit.failure_statuses.contains(&status);
+        counted || cacheable || request.is_some_and(|r| r.shadow_hit)
     }
 
     fn on_response(&mut self, runtime: &Runtime, headers: &Headers, end_of_stream: bool) {
@@ -493,7 +543,7 @@ impl NegcacheHttp {
         let Some(subject) = request.subject else {
             return;
         };
-        if !cache.enabled || request.bypass {
+        if !cache.enabled || request.bypass || !negative_cache::may_store(status) {
             return;
         }
         let now = now_ms();

@@ -1,13 +1,16 @@
-//! Metric ids of this VM.
+//! Metric ids of this VM, and the updates not yet handed to the host.
+
+use std::cell::RefCell;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
-use crate::metrics::{Kind, Metric};
+use crate::metrics::{Kind, Metric, PendingCounts};
 
-#[derive(Default, Clone)]
+#[derive(Default)]
 pub struct Metrics {
     ids: Vec<Option<u32>>,
+    pending: RefCell<PendingCounts>,
 }
 
 impl Metrics {
@@ -22,20 +25,40 @@ impl Metrics {
                 hostcalls::define_metric(kind, metric.name()).ok()
             })
             .collect();
-        Metrics { ids }
+        Metrics {
+            ids,
+            pending: RefCell::default(),
+        }
     }
 
+    pub fn is_defined(&self) -> bool {
+        !self.ids.is_empty()
+    }
+
+    /// Adds to the pending sums; `flush` hands them to the host.
     pub fn add(&self, metric: Metric, value: u64) {
         if value == 0 {
             return;
         }
-        let position = Metric::ALL.iter().position(|m| *m == metric);
-        if let Some(Some(id)) = position.and_then(|p| self.ids.get(p)) {
-            let _ = hostcalls::increment_metric(*id, i64::try_from(value).unwrap_or(i64::MAX));
+        if let Ok(mut pending) = self.pending.try_borrow_mut() {
+            pending.add(metric, value);
         }
     }
 
     pub fn inc(&self, metric: Metric) {
         self.add(metric, 1);
+    }
+
+    /// One host call per metric that changed since the last flush.
+    pub fn flush(&self) {
+        let Ok(mut pending) = self.pending.try_borrow_mut() else {
+            return;
+        };
+        for (metric, value) in pending.take() {
+            let position = Metric::ALL.iter().position(|m| *m == metric);
+            if let Some(Some(id)) = position.and_then(|p| self.ids.get(p)) {
+                let _ = hostcalls::increment_metric(*id, i64::try_from(value).unwrap_or(i64::MAX));
+            }
+        }
     }
 }

@@ -15,18 +15,27 @@ use crate::config::{Config, ConfigError, SecretSource};
 use crate::runtime::Runtime;
 use crate::secret;
 
-/// How often a VM using the generated secret re-reads it: heals the (start-up only) case of two
-/// VMs creating it at once.
-const SECRET_RECHECK: Duration = Duration::from_secs(5);
+/// How often a VM hands its metric updates to the host: the most a counter in `/stats` lags.
+const METRICS_FLUSH: Duration = Duration::from_secs(1);
+
+/// Every this many flushes, a VM using the generated secret re-reads it: heals the (start-up
+/// only) case of two VMs creating it at once.
+const SECRET_RECHECK_TICKS: u32 = 5;
 
 #[derive(Default)]
 pub struct NegcacheRoot {
     runtime: Option<Rc<Runtime>>,
     metrics: Rc<Metrics>,
     generated_secret: bool,
+    ticks: u32,
 }
 
-impl Context for NegcacheRoot {}
+impl Context for NegcacheRoot {
+    fn on_done(&mut self) -> bool {
+        self.metrics.flush();
+        true
+    }
+}
 
 impl RootContext for NegcacheRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -41,7 +50,10 @@ impl RootContext for NegcacheRoot {
             .unwrap_or_default();
         match configure(&bytes) {
             Ok((runtime, generated_secret)) => {
-                self.metrics = Rc::new(Metrics::define());
+                // Defined once: contexts still serving hold this one and add to it.
+                if !self.metrics.is_defined() {
+                    self.metrics = Rc::new(Metrics::define());
+                }
                 // Only tables in use get keys: shared data never frees them.
                 if runtime.config.negative_cache.enabled {
                     if let Err(e) = runtime.tables.records.create_slots(&EnvoyStore) {
@@ -54,9 +66,7 @@ impl RootContext for NegcacheRoot {
                     }
                 }
                 self.generated_secret = generated_secret;
-                if generated_secret {
-                    let _ = hostcalls::set_tick_period(SECRET_RECHECK);
-                }
+                let _ = hostcalls::set_tick_period(METRICS_FLUSH);
                 self.runtime = Some(Rc::new(runtime));
                 true
             }
@@ -68,10 +78,12 @@ impl RootContext for NegcacheRoot {
     }
 
     fn on_tick(&mut self) {
+        self.metrics.flush();
+        self.ticks = self.ticks.wrapping_add(1);
         let Some(runtime) = &self.runtime else {
             return;
         };
-        if !self.generated_secret {
+        if !self.generated_secret || !self.ticks.is_multiple_of(SECRET_RECHECK_TICKS) {
             return;
         }
         if let Ok(Some(shared)) = secret::current(&EnvoyStore) {

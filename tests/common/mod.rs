@@ -64,6 +64,10 @@ fn required_file(var: &str, default: PathBuf, what: &str) -> PathBuf {
 }
 
 /// The Envoy binary: `$ENVOY_BIN` or `<repo>/.venv/bin/envoy`.
+/// The filter hands its metric updates to Envoy once a second: a read this long after the
+/// requests sees all of them.
+pub const METRICS_SETTLE: Duration = Duration::from_millis(1300);
+
 pub fn envoy_bin() -> PathBuf {
     required_file(
         "ENVOY_BIN",
@@ -1650,8 +1654,15 @@ impl Envoy {
         admin_stat(self.admin_port, name).unwrap_or_else(|e| panic!("admin /stats: {e}"))
     }
 
-    /// A filter metric: `stat("wasmcustom.<name>")`.
+    /// A filter metric once the filter has handed Envoy its updates: waits one flush period
+    /// (`METRICS_SETTLE`), then reads it.
     pub fn metric(&self, name: &str) -> u64 {
+        thread::sleep(METRICS_SETTLE);
+        self.metric_now(name)
+    }
+
+    /// A filter metric as Envoy holds it right now: `stat("wasmcustom.<name>")`.
+    pub fn metric_now(&self, name: &str) -> u64 {
         self.stat(&format!("wasmcustom.{name}"))
     }
 
@@ -1660,7 +1671,7 @@ impl Envoy {
     pub fn wait_metric(&self, name: &str, expected: u64) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let value = self.metric(name);
+            let value = self.metric_now(name);
             if value == expected {
                 return;
             }

@@ -10,7 +10,13 @@
 //!   (OP: `headers` all request headers, `header` one header, `property` `source.address`,
 //!   `set_property` filter state, `shared_get` a shared-data read of 68 bytes, `shared_set` a
 //!   shared-data write, `metric` a counter increment, `time` the clock), so the bench can say
-//!   what one call of each kind costs.
+//!   what one call of each kind costs (`header_missing`: a header the request lacks, so nothing
+//!   is handed back; `set_property_new`: a new filter-state name on each call).
+//! - `{"mode":"mimic","variant":V}`: makes the host calls negcache makes on a good request and
+//!   nothing else (request header map, `source.address`, two filter-state writes, two
+//!   shared-data reads; on the response the purge and inactive headers and `:status`). V: `""`
+//!   exactly those, `with_time` plus a clock read, `response_map` the response's whole header
+//!   map instead, `without_property`, `without_set_property`, `without_response`.
 //!
 //! Anything else is refused (`on_configure` returns false), so a mistyped bench configuration
 //! cannot silently measure the wrong floor.
@@ -22,11 +28,13 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 /// Calls per request in probe mode: enough to stand out of the per-request noise.
 pub const PROBE_TIMES: usize = 10;
 
-const PROBE_OPS: [&str; 8] = [
+const PROBE_OPS: [&str; 10] = [
     "headers",
     "header",
+    "header_missing",
     "property",
     "set_property",
+    "set_property_new",
     "shared_get",
     "shared_set",
     "metric",
@@ -41,11 +49,36 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(FloorRoot { mode: Mode::Noop }) });
 }}
 
+/// What the mimic changes in negcache's good-request host calls.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Same,
+    WithTime,
+    ResponseMap,
+    WithoutProperty,
+    WithoutSetProperty,
+    WithoutResponse,
+}
+
+const VARIANTS: [(&str, Variant); 6] = [
+    ("", Variant::Same),
+    ("with_time", Variant::WithTime),
+    ("response_map", Variant::ResponseMap),
+    ("without_property", Variant::WithoutProperty),
+    ("without_set_property", Variant::WithoutSetProperty),
+    ("without_response", Variant::WithoutResponse),
+];
+
 #[derive(Clone, Copy)]
 enum Mode {
     Noop,
     Reply,
-    Probe { op: usize, metric: u32 },
+    Probe {
+        op: usize,
+        metric: u32,
+    },
+    /// negcache's host calls on a good request, and nothing else.
+    Mimic(Variant),
 }
 
 struct FloorRoot {
@@ -74,6 +107,10 @@ impl RootContext for FloorRoot {
             }
             (b"" | b"{}" | br#"{"mode":"noop"}"#, None) => self.mode = Mode::Noop,
             (br#"{"mode":"reply"}"#, None) => self.mode = Mode::Reply,
+            (mimic, None) if mimic_variant(mimic).is_some() => {
+                let _ = hostcalls::set_shared_data("floor/probe", Some(&[7u8; 140]), None);
+                self.mode = Mode::Mimic(mimic_variant(mimic).unwrap_or(Variant::Same));
+            }
             (other, None) => {
                 let _ = proxy_wasm::hostcalls::log(
                     LogLevel::Error,
@@ -104,12 +141,48 @@ struct FloorHttp {
 impl Context for FloorHttp {}
 
 impl HttpContext for FloorHttp {
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Mode::Mimic(variant) = self.mode {
+            match variant {
+                Variant::WithoutResponse => {}
+                Variant::ResponseMap => {
+                    let _ = ffi_header_map(MapType::HttpResponseHeaders);
+                }
+                _ => {
+                    for name in ["x-negcache-purge", "x-negcache-inactive", ":status"] {
+                        let _ = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name);
+                    }
+                }
+            }
+        }
+        Action::Continue
+    }
+
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         match self.mode {
             Mode::Noop => return Action::Continue,
             Mode::Probe { op, metric } => {
-                for _ in 0..PROBE_TIMES {
-                    probe(op, metric);
+                for call in 0..PROBE_TIMES {
+                    probe(op, metric, call);
+                }
+                return Action::Continue;
+            }
+            Mode::Mimic(variant) => {
+                let _ = ffi_header_map(MapType::HttpRequestHeaders);
+                if variant != Variant::WithoutProperty {
+                    let _ = hostcalls::get_property(vec!["source", "address"]);
+                }
+                if variant != Variant::WithoutSetProperty {
+                    let _ = hostcalls::set_property(vec!["floor_client"], Some(b"198.51.100.7"));
+                }
+                if variant == Variant::WithTime {
+                    let _ = hostcalls::get_current_time();
+                }
+                // A 140-byte value: a bucket of two cache records.
+                let _ = hostcalls::get_shared_data("floor/probe");
+                let _ = hostcalls::get_shared_data("floor/probe");
+                if variant != Variant::WithoutSetProperty {
+                    let _ = hostcalls::set_property(vec!["floor_decision"], Some(b"miss"));
                 }
                 return Action::Continue;
             }
@@ -124,8 +197,31 @@ impl HttpContext for FloorHttp {
     }
 }
 
-/// One host call of the kind `op` names (an index into `PROBE_OPS`).
-fn probe(op: usize, metric: u32) {
+/// The mimic variant a (whitespace-free) configuration names, if it is a mimic one.
+fn mimic_variant(compact: &[u8]) -> Option<Variant> {
+    VARIANTS.iter().find_map(|(name, variant)| {
+        let expected = format!(r#"{{"mode":"mimic","variant":"{name}"}}"#);
+        (compact == expected.as_bytes()).then_some(*variant)
+    })
+}
+
+/// Filter-state names for `set_property_new`: a new one on each call of a request.
+const NEW_PROPERTIES: [&str; PROBE_TIMES] = [
+    "floor_probe_0",
+    "floor_probe_1",
+    "floor_probe_2",
+    "floor_probe_3",
+    "floor_probe_4",
+    "floor_probe_5",
+    "floor_probe_6",
+    "floor_probe_7",
+    "floor_probe_8",
+    "floor_probe_9",
+];
+
+/// One host call of the kind `op` names (an index into `PROBE_OPS`); `call` counts the calls
+/// of this request.
+fn probe(op: usize, metric: u32, call: usize) {
     match op {
         0 => {
             let _ = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
@@ -133,23 +229,58 @@ fn probe(op: usize, metric: u32) {
         1 => {
             let _ = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path");
         }
+        // The call itself, without a value to hand back (no allocation inside the VM).
         2 => {
-            let _ = hostcalls::get_property(vec!["source", "address"]);
+            let _ = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-absent");
         }
         3 => {
-            let _ = hostcalls::set_property(vec!["floor_probe"], Some(b"miss"));
+            let _ = hostcalls::get_property(vec!["source", "address"]);
         }
         4 => {
-            let _ = hostcalls::get_shared_data("floor/probe");
+            let _ = hostcalls::set_property(vec!["floor_probe"], Some(b"miss"));
         }
         5 => {
-            let _ = hostcalls::set_shared_data("floor/probe", Some(&[7u8; 68]), None);
+            let name = NEW_PROPERTIES[call % PROBE_TIMES];
+            let _ = hostcalls::set_property(vec![name], Some(b"miss"));
         }
         6 => {
+            let _ = hostcalls::get_shared_data("floor/probe");
+        }
+        7 => {
+            let _ = hostcalls::set_shared_data("floor/probe", Some(&[7u8; 68]), None);
+        }
+        8 => {
             let _ = hostcalls::increment_metric(metric, 1);
         }
         _ => {
             let _ = hostcalls::get_current_time();
         }
+    }
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> proxy_wasm::types::Status;
+}
+
+/// The serialized header map as one buffer, as negcache reads it (the SDK's wrapper would
+/// also copy each line into its own strings).
+fn ffi_header_map(map_type: MapType) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host allocates `size` bytes through this module's allocator and hands them
+    // over; the Vec owns and frees them.
+    unsafe {
+        if proxy_get_header_map_pairs(map_type, &mut data, &mut size)
+            != proxy_wasm::types::Status::Ok
+            || data.is_null()
+        {
+            return None;
+        }
+        Some(Vec::from_raw_parts(data, size, size))
     }
 }
