@@ -952,6 +952,14 @@ impl Report<'_> {
         }
     }
 
+    /// The entries of `list` (case name, floor setting) that this run measured.
+    fn measured(&self, list: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        list.iter()
+            .copied()
+            .filter(|(name, _)| self.cases.iter().any(|c| c.name == *name))
+            .collect()
+    }
+
     fn render(&self) -> String {
         let s = self.settings;
         let m = self.machine;
@@ -1080,11 +1088,7 @@ impl Report<'_> {
             let _ = writeln!(out, "| `{a}` | `{b}` | {cells} |");
         }
 
-        let probes: Vec<(&str, &str)> = PROBES
-            .iter()
-            .copied()
-            .filter(|(name, _)| self.cases.iter().any(|c| c.name == *name))
-            .collect();
+        let probes = self.measured(&PROBES);
         if !probes.is_empty() {
             let _ = writeln!(out, "\n## What one host call costs\n");
             let _ = writeln!(
@@ -1104,11 +1108,7 @@ impl Report<'_> {
             }
         }
 
-        let mimics: Vec<(&str, &str)> = PASS_CALL_PROBES
-            .iter()
-            .copied()
-            .filter(|(name, _)| self.cases.iter().any(|c| c.name == *name))
-            .collect();
+        let mimics = self.measured(&PASS_CALL_PROBES);
         if !mimics.is_empty() {
             let _ = writeln!(out, "\n## negcache's host calls alone\n");
             let _ = writeln!(
