@@ -52,12 +52,13 @@ pub mod counting {
         NOW
     }
 
-    /// A fresh clock at `NOW`, and the number of host reads so far on this thread.
+    /// A fresh clock reading `NOW`; starts this thread's count of reads (`reads`) from zero.
     pub fn clock() -> Clock {
         READS.with(|reads| reads.set(0));
         Clock::new(read)
     }
 
+    /// How often a `clock()` of this thread read the time.
     pub fn reads() -> usize {
         READS.with(std::cell::Cell::get)
     }
