@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use ipnet::IpNet;
 
 use crate::config::ClientIpConfig;
+use crate::decimal;
 use crate::request::{Headers, Single};
 
 /// Only this many rightmost `X-Forwarded-For` entries are read: a longer chain cannot push the
@@ -124,21 +125,14 @@ pub fn group(ip: IpAddr, ipv6_prefix: u8) -> String {
     }
 }
 
-/// `a.b.c.d`, written without the formatting machinery: this runs on every request, and
-/// `Display` costs several times more inside the VM.
+/// `a.b.c.d`, written without `Display` (see `decimal`): this runs on every request.
 fn dotted_quad(octets: [u8; 4]) -> String {
     let mut text = String::with_capacity(15);
     for (position, octet) in octets.into_iter().enumerate() {
         if position > 0 {
             text.push('.');
         }
-        if octet >= 100 {
-            text.push(char::from(b'0' + octet / 100));
-        }
-        if octet >= 10 {
-            text.push(char::from(b'0' + octet / 10 % 10));
-        }
-        text.push(char::from(b'0' + octet % 10));
+        decimal::push(&mut text, u64::from(octet));
     }
     text
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod config_reader;
 pub mod cors;
 pub mod credential;
+pub mod decimal;
 pub mod fingerprint;
 pub mod header_name;
 pub mod http_date;

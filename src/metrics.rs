@@ -47,6 +47,11 @@ impl Metric {
         Metric::ClientIpHeaderDerivedPeer,
     ];
 
+    /// Position in `ALL` (the declaration order).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Metric::Hits => "negcache_hits_total",
@@ -86,8 +91,8 @@ pub struct PendingCounts {
 
 impl PendingCounts {
     pub fn add(&mut self, metric: Metric, value: u64) {
-        if let Some(position) = Metric::ALL.iter().position(|m| *m == metric) {
-            self.counts[position] = self.counts[position].saturating_add(value);
+        if let Some(count) = self.counts.get_mut(metric.index()) {
+            *count = count.saturating_add(value);
         }
     }
 
@@ -104,6 +109,13 @@ impl PendingCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_metric_sits_at_its_index() {
+        for (position, metric) in Metric::ALL.into_iter().enumerate() {
+            assert_eq!(metric.index(), position, "{}", metric.name());
+        }
+    }
 
     #[test]
     fn pending_counts_sum_per_metric_and_empty_when_taken() {

@@ -2,6 +2,8 @@
 //! in order, names lower-case, values as raw bytes (they need not be UTF-8). The view borrows
 //! the host's serialized map, so reading a request's headers is one copy, not two per line.
 
+use std::borrow::Cow;
+
 /// What a single-valued header holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Single<'a> {
@@ -88,6 +90,31 @@ impl<'a> Headers<'a> {
     }
 }
 
+/// What a request asks for, borrowed from its headers: nothing is copied unless it has to be
+/// changed (an `:authority` with capitals, a path or method that is not UTF-8).
+pub struct RequestLine<'a> {
+    /// `:authority`, lower-cased.
+    pub authority: Cow<'a, [u8]>,
+    pub method: Cow<'a, str>,
+    /// `:path` with its query; `/` when absent.
+    pub raw_path: Cow<'a, str>,
+}
+
+impl<'a> RequestLine<'a> {
+    pub fn of(headers: &Headers<'a>) -> RequestLine<'a> {
+        let authority = headers.first(":authority").unwrap_or_default();
+        RequestLine {
+            authority: if authority.iter().any(u8::is_ascii_uppercase) {
+                Cow::Owned(authority.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(authority)
+            },
+            method: String::from_utf8_lossy(headers.first(":method").unwrap_or_default()),
+            raw_path: String::from_utf8_lossy(headers.first(":path").unwrap_or(b"/")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +133,31 @@ mod tests {
             out.push(0);
         }
         out
+    }
+
+    #[test]
+    fn the_request_line_is_borrowed_unless_it_must_change() {
+        let plain: &[(&str, &[u8])] = &[
+            (":authority", b"api.example.com"),
+            (":method", b"GET"),
+            (":path", b"/a?b=1"),
+        ];
+        let headers = Headers::from_pairs(plain);
+        let line = RequestLine::of(&headers);
+        assert!(matches!(line.authority, Cow::Borrowed(b"api.example.com")));
+        assert!(matches!(line.method, Cow::Borrowed("GET")));
+        assert!(matches!(line.raw_path, Cow::Borrowed("/a?b=1")));
+
+        let odd: &[(&str, &[u8])] = &[(":authority", b"API.Example.com"), (":path", b"/\xff")];
+        let headers = Headers::from_pairs(odd);
+        let line = RequestLine::of(&headers);
+        assert_eq!(&*line.authority, b"api.example.com");
+        assert_eq!(line.method, "");
+        assert_eq!(line.raw_path, "/\u{fffd}");
+        assert_eq!(
+            RequestLine::of(&Headers::from_pairs::<&str, &[u8]>(&[])).raw_path,
+            "/"
+        );
     }
 
     #[test]

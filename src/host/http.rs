@@ -25,7 +25,7 @@ use crate::negative_cache::{self, Record, ReplayBody, StoreOutcome};
 use crate::path;
 use crate::rate_limit::{self, Admission};
 use crate::reply::{self, LocalReply};
-use crate::request::Headers;
+use crate::request::{Headers, RequestLine};
 use crate::runtime::Runtime;
 
 /// An upstream names a credential that is good now; the header carries it raw, so it never
@@ -43,6 +43,9 @@ pub struct NegcacheHttp {
     /// `None` until the request headers pass through this filter: a response to a request the
     /// filter never saw (another filter answered first) is left alone.
     request: Option<SeenRequest>,
+    /// The request's headers as the host serialized them, kept for the rare response that
+    /// needs the request line again (an entry to store, a purge), so a request copies nothing.
+    request_headers: Vec<u8>,
     /// The response being encoded is this filter's own reply.
     replied_locally: bool,
     pending: Option<PendingStore>,
@@ -54,9 +57,6 @@ struct SeenRequest {
     head: bool,
     shadow_hit: bool,
     has_credential: bool,
-    authority: Vec<u8>,
-    method: String,
-    raw_path: String,
     subject: Option<Subject>,
     /// The resolved client, grouped (`None`: unresolved).
     client: Option<String>,
@@ -89,6 +89,7 @@ impl NegcacheHttp {
             runtime,
             metrics,
             request: None,
+            request_headers: Vec::new(),
             replied_locally: false,
             pending: None,
         }
@@ -102,12 +103,19 @@ impl HttpContext for NegcacheHttp {
         let Some(runtime) = self.runtime.clone() else {
             return Action::Continue;
         };
-        let map = ffi::header_map(MapType::HttpRequestHeaders);
-        let Some(headers) = map.as_deref().and_then(Headers::from_serialized) else {
+        let Some(map) = ffi::header_map(MapType::HttpRequestHeaders) else {
             self.error();
             return Action::Continue;
         };
-        self.on_request(&runtime, &headers)
+        let action = match Headers::from_serialized(&map) {
+            Some(headers) => self.on_request(&runtime, &headers),
+            None => {
+                self.error();
+                Action::Continue
+            }
+        };
+        self.request_headers = map;
+        action
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -178,17 +186,11 @@ impl HttpContext for NegcacheHttp {
 impl NegcacheHttp {
     fn on_request(&mut self, runtime: &Runtime, headers: &Headers) -> Action {
         let config = &runtime.config;
-        let raw_path = String::from_utf8_lossy(headers.first(":path").unwrap_or(b"/")).into_owned();
-        let method =
-            String::from_utf8_lossy(headers.first(":method").unwrap_or_default()).into_owned();
-        let authority = headers
-            .first(":authority")
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let credential_identity =
-            credential::extract(&config.credentials, headers, &raw_path).map(|found| {
+        let line = RequestLine::of(headers);
+        let credential_identity = credential::extract(&config.credentials, headers, &line.raw_path)
+            .map(|found| {
                 runtime.hasher.identity(
-                    &authority,
+                    &line.authority,
                     Who::Credential {
                         source: &runtime.source_labels[found.source],
                         value: &found.value,
@@ -197,12 +199,9 @@ impl NegcacheHttp {
             });
         let mut seen = SeenRequest {
             bypass: false,
-            head: method == "HEAD",
+            head: line.method == "HEAD",
             shadow_hit: false,
             has_credential: credential_identity.is_some(),
-            authority,
-            method,
-            raw_path,
             subject: None,
             client: None,
             limited: None,
@@ -216,7 +215,7 @@ impl NegcacheHttp {
 
         // Browsers send no credentials on a preflight; answering, counting or blocking it would
         // hide the real 401/429 from the web app.
-        if seen.method == "OPTIONS"
+        if line.method == "OPTIONS"
             && !seen.has_credential
             && headers.contains("origin")
             && headers.contains("access-control-request-method")
@@ -227,7 +226,7 @@ impl NegcacheHttp {
             return Action::Continue;
         }
         if !config.exempt_paths.is_empty() {
-            let normalized = path::normalize(&seen.raw_path);
+            let normalized = path::normalize(&line.raw_path);
             if config
                 .exempt_paths
                 .iter()
@@ -289,7 +288,7 @@ impl NegcacheHttp {
             None if cache.cache_anonymous => seen.client.as_deref().map(|client| Subject {
                 identity: runtime
                     .hasher
-                    .identity(&seen.authority, Who::Anonymous { client_ip: client }),
+                    .identity(&line.authority, Who::Anonymous { client_ip: client }),
                 anonymous: true,
             }),
             None => None,
@@ -305,7 +304,7 @@ impl NegcacheHttp {
             cache,
             &subject.identity,
             &clock,
-            |shape| seen.entry_key(runtime, &subject, shape),
+            |shape| seen.entry_key(runtime, &subject, shape, &line),
         );
         let action = match found {
             Err(_) => {
@@ -557,7 +556,9 @@ impl NegcacheHttp {
         ) else {
             return;
         };
-        let Some(key) = request.entry_key(runtime, &subject, plan.shape) else {
+        let Some(key) = Headers::from_serialized(&self.request_headers).and_then(|headers| {
+            request.entry_key(runtime, &subject, plan.shape, &RequestLine::of(&headers))
+        }) else {
             return;
         };
         let record = Record {
@@ -685,9 +686,10 @@ impl NegcacheHttp {
     }
 
     fn purge<'a>(&self, runtime: &Runtime, values: impl Iterator<Item = &'a [u8]>) {
-        let Some(request) = self.request.as_ref() else {
+        let Some(headers) = Headers::from_serialized(&self.request_headers) else {
             return;
         };
+        let authority = RequestLine::of(&headers).authority;
         let cache = &runtime.config.negative_cache;
         let now = now_ms();
         for value in values {
@@ -697,7 +699,7 @@ impl NegcacheHttp {
             }
             for label in &runtime.source_labels {
                 let identity = runtime.hasher.identity(
-                    &request.authority,
+                    &authority,
                     Who::Credential {
                         source: label,
                         value,
@@ -736,6 +738,7 @@ impl SeenRequest {
         runtime: &Runtime,
         subject: &Subject,
         shape: KeyShape,
+        line: &RequestLine,
     ) -> Option<Fingerprint> {
         let client_ip = if shape.client_ip {
             self.client.as_deref()?
@@ -743,9 +746,9 @@ impl SeenRequest {
             ""
         };
         let parts = KeyParts {
-            method: &self.method,
-            path: path::path_only(&self.raw_path),
-            query: path::query_only(&self.raw_path),
+            method: &line.method,
+            path: path::path_only(&line.raw_path),
+            query: path::query_only(&line.raw_path),
             client_ip,
         };
         Some(runtime.hasher.entry(&subject.identity, shape, &parts))

@@ -55,8 +55,7 @@ impl Metrics {
             return;
         };
         for (metric, value) in pending.take() {
-            let position = Metric::ALL.iter().position(|m| *m == metric);
-            if let Some(Some(id)) = position.and_then(|p| self.ids.get(p)) {
+            if let Some(Some(id)) = self.ids.get(metric.index()) {
                 let _ = hostcalls::increment_metric(*id, i64::try_from(value).unwrap_or(i64::MAX));
             }
         }
