@@ -733,6 +733,17 @@ fn build_cases(settings: &Settings, upstream: u16, notes: &mut Vec<String>) -> V
             &[],
         );
     }
+    for (name, variant, status) in REPLY_CALL_PROBES {
+        add(
+            name,
+            "floor filter making the host calls of one of negcache's replies, then sending it",
+            &mut || Envoy::start(floor(json!({"mode": "mimic", "variant": variant}))),
+            "/fail",
+            &bad,
+            status,
+            &[],
+        );
+    }
     for (name, op) in PROBES {
         add(
             name,
@@ -1146,6 +1157,40 @@ impl Report<'_> {
             }
         }
 
+        let reply_mimics: Vec<_> = REPLY_CALL_PROBES
+            .iter()
+            .filter(|(name, _, _)| self.cases.iter().any(|c| c.name == *name))
+            .collect();
+        if !reply_mimics.is_empty() {
+            let _ = writeln!(out, "\n## negcache's replies' host calls alone\n");
+            let _ = writeln!(
+                out,
+                "A floor filter making the host calls negcache makes before one of its replies \
+                 (hit: request header map, two shared-data reads, a clock read, one filter-state \
+                 write; block: request header map, `source.address`, two filter-state writes, \
+                 one shared-data read, a clock read) and then sending the same reply, and nothing \
+                 else. Envoy CPU µs per request over `noop-reply` and requests/s over \
+                 `noop-reply`, in the same round; medians, with the ranges.\n"
+            );
+            let _ = writeln!(
+                out,
+                "| case | added µs/request | min | max | ÷ `noop-reply` | min | max |"
+            );
+            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+            for (name, _, _) in reply_mimics {
+                let added = self.per_round(name, "noop-reply", |x, y| {
+                    x.cpu_us_per_request - y.cpu_us_per_request
+                });
+                let ratio = self.per_round(name, "noop-reply", |x, y| x.wrk.rps / y.wrk.rps);
+                let _ = writeln!(
+                    out,
+                    "| `{name}` | {} | {} |",
+                    spread_cells(&added, |v| format!("{v:+.1}")),
+                    spread_cells(&ratio, |v| format!("{v:.3}"))
+                );
+            }
+        }
+
         let _ = writeln!(out, "\n## Per round\n");
         let _ = writeln!(
             out,
@@ -1291,6 +1336,13 @@ const PASS_CALL_PROBES: [(&str, &str); 6] = [
         "without_set_property",
     ),
     ("probe-pass-calls-without-response", "without_response"),
+];
+
+/// The floor's mimic of negcache's replies: its host calls for a hit and for a blocked client,
+/// then the same reply; with the status the reply has.
+const REPLY_CALL_PROBES: [(&str, &str, u16); 2] = [
+    ("probe-hit-calls", "hit", 401),
+    ("probe-block-calls", "block", 429),
 ];
 
 /// Calls per request in the floor's probe mode (`bench/floor/src/lib.rs`).

@@ -16,7 +16,11 @@
 //!   nothing else (request header map, `source.address`, two filter-state writes, two
 //!   shared-data reads; on the response the purge and inactive headers and `:status`). V: `""`
 //!   exactly those, `with_time` plus a clock read, `response_map` the response's whole header
-//!   map instead, `without_property`, `without_set_property`, `without_response`.
+//!   map instead, `without_property`, `without_set_property`, `without_response`. Two more
+//!   make the calls of negcache's own replies instead, and send the same reply: `hit` (request
+//!   header map, two shared-data reads, a clock read, one filter-state write, the cached 401
+//!   with its four headers) and `block` (request header map, `source.address`, two filter-state
+//!   writes, one shared-data read, a clock read, the 429 with `retry-after`).
 //!
 //! Anything else is refused (`on_configure` returns false), so a mistyped bench configuration
 //! cannot silently measure the wrong floor.
@@ -44,6 +48,10 @@ const PROBE_OPS: [&str; 10] = [
 /// The 401 body of the reply floor: as short as a typical JSON error.
 const REPLY_BODY: &[u8] = br#"{"error":"invalid token"}"#;
 
+/// The body of negcache's 429, as the block mimic sends it.
+const BLOCK_BODY: &[u8] =
+    br#"{"error":"too many failed authentication attempts","retry_after":3600}"#;
+
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(FloorRoot { mode: Mode::Noop }) });
@@ -58,15 +66,19 @@ enum Variant {
     WithoutProperty,
     WithoutSetProperty,
     WithoutResponse,
+    Hit,
+    Block,
 }
 
-const VARIANTS: [(&str, Variant); 6] = [
+const VARIANTS: [(&str, Variant); 8] = [
     ("", Variant::Same),
     ("with_time", Variant::WithTime),
     ("response_map", Variant::ResponseMap),
     ("without_property", Variant::WithoutProperty),
     ("without_set_property", Variant::WithoutSetProperty),
     ("without_response", Variant::WithoutResponse),
+    ("hit", Variant::Hit),
+    ("block", Variant::Block),
 ];
 
 #[derive(Clone, Copy)]
@@ -144,7 +156,8 @@ impl HttpContext for FloorHttp {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Mode::Mimic(variant) = self.mode {
             match variant {
-                Variant::WithoutResponse => {}
+                // The reply is the filter's own: negcache reads nothing of it.
+                Variant::WithoutResponse | Variant::Hit | Variant::Block => {}
                 Variant::ResponseMap => {
                     let _ = ffi_header_map(MapType::HttpResponseHeaders);
                 }
@@ -167,6 +180,8 @@ impl HttpContext for FloorHttp {
                 }
                 return Action::Continue;
             }
+            Mode::Mimic(Variant::Hit) => return mimic_hit(self),
+            Mode::Mimic(Variant::Block) => return mimic_block(self),
             Mode::Mimic(variant) => {
                 let _ = ffi_header_map(MapType::HttpRequestHeaders);
                 if variant != Variant::WithoutProperty {
@@ -195,6 +210,46 @@ impl HttpContext for FloorHttp {
         );
         Action::Pause
     }
+}
+
+/// negcache's calls for a cache hit, and its reply.
+fn mimic_hit(http: &mut FloorHttp) -> Action {
+    let _ = ffi_header_map(MapType::HttpRequestHeaders);
+    // The bucket holding the entry, then the entry's body.
+    let _ = hostcalls::get_shared_data("floor/probe");
+    let _ = hostcalls::get_shared_data("floor/probe");
+    let _ = hostcalls::get_current_time();
+    let _ = hostcalls::set_property(vec!["floor_decision"], Some(b"hit"));
+    http.send_http_response(
+        401,
+        vec![
+            ("content-type", "application/json"),
+            ("www-authenticate", "Bearer"),
+            ("x-negcache", "hit"),
+            ("age", "0"),
+        ],
+        Some(REPLY_BODY),
+    );
+    Action::Pause
+}
+
+/// negcache's calls for a blocked client, and its 429.
+fn mimic_block(http: &mut FloorHttp) -> Action {
+    let _ = ffi_header_map(MapType::HttpRequestHeaders);
+    let _ = hostcalls::get_property(vec!["source", "address"]);
+    let _ = hostcalls::set_property(vec!["floor_client"], Some(b"198.51.100.7"));
+    let _ = hostcalls::get_current_time();
+    let _ = hostcalls::get_shared_data("floor/probe");
+    let _ = hostcalls::set_property(vec!["floor_decision"], Some(b"blocked"));
+    http.send_http_response(
+        429,
+        vec![
+            ("content-type", "application/json"),
+            ("retry-after", "3600"),
+        ],
+        Some(BLOCK_BODY),
+    );
+    Action::Pause
 }
 
 /// The mimic variant a (whitespace-free) configuration names, if it is a mimic one.
