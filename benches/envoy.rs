@@ -733,7 +733,7 @@ fn build_cases(settings: &Settings, upstream: u16, notes: &mut Vec<String>) -> V
             &[],
         );
     }
-    for (name, variant, status) in REPLY_CALL_PROBES {
+    for (name, (variant, status)) in REPLY_CALL_PROBES {
         add(
             name,
             "floor filter making the host calls of one of negcache's replies, then sending it",
@@ -964,11 +964,24 @@ impl Report<'_> {
     }
 
     /// The entries of `list` (case name, floor setting) that this run measured.
-    fn measured(&self, list: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    fn measured<T: Copy>(&self, list: &[(&'static str, T)]) -> Vec<(&'static str, T)> {
         list.iter()
             .copied()
             .filter(|(name, _)| self.cases.iter().any(|c| c.name == *name))
             .collect()
+    }
+
+    /// The cells "added µs/request | min | max | ratio | min | max" of a case over its floor.
+    fn over_floor_cells(&self, name: &str, floor: &str) -> String {
+        let added = self.per_round(name, floor, |x, y| {
+            x.cpu_us_per_request - y.cpu_us_per_request
+        });
+        let ratio = self.per_round(name, floor, |x, y| x.wrk.rps / y.wrk.rps);
+        format!(
+            "{} | {}",
+            spread_cells(&added, |v| format!("{v:+.1}")),
+            spread_cells(&ratio, |v| format!("{v:.3}"))
+        )
     }
 
     fn render(&self) -> String {
@@ -1136,10 +1149,6 @@ impl Report<'_> {
             );
             let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
             for (name, variant) in mimics {
-                let added = self.per_round(name, "noop-wasm", |x, y| {
-                    x.cpu_us_per_request - y.cpu_us_per_request
-                });
-                let ratio = self.per_round(name, "noop-wasm", |x, y| x.wrk.rps / y.wrk.rps);
                 let variant = match variant {
                     "" => "exactly negcache's",
                     "with_time" => "plus a clock read",
@@ -1148,19 +1157,12 @@ impl Report<'_> {
                     "without_set_property" => "without the filter-state writes",
                     _ => "without reading the response",
                 };
-                let _ = writeln!(
-                    out,
-                    "| `{name}` | {variant} | {} | {} |",
-                    spread_cells(&added, |v| format!("{v:+.1}")),
-                    spread_cells(&ratio, |v| format!("{v:.3}"))
-                );
+                let cells = self.over_floor_cells(name, "noop-wasm");
+                let _ = writeln!(out, "| `{name}` | {variant} | {cells} |");
             }
         }
 
-        let reply_mimics: Vec<_> = REPLY_CALL_PROBES
-            .iter()
-            .filter(|(name, _, _)| self.cases.iter().any(|c| c.name == *name))
-            .collect();
+        let reply_mimics = self.measured(&REPLY_CALL_PROBES);
         if !reply_mimics.is_empty() {
             let _ = writeln!(out, "\n## negcache's replies' host calls alone\n");
             let _ = writeln!(
@@ -1177,17 +1179,9 @@ impl Report<'_> {
                 "| case | added µs/request | min | max | ÷ `noop-reply` | min | max |"
             );
             let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
-            for (name, _, _) in reply_mimics {
-                let added = self.per_round(name, "noop-reply", |x, y| {
-                    x.cpu_us_per_request - y.cpu_us_per_request
-                });
-                let ratio = self.per_round(name, "noop-reply", |x, y| x.wrk.rps / y.wrk.rps);
-                let _ = writeln!(
-                    out,
-                    "| `{name}` | {} | {} |",
-                    spread_cells(&added, |v| format!("{v:+.1}")),
-                    spread_cells(&ratio, |v| format!("{v:.3}"))
-                );
+            for (name, _) in reply_mimics {
+                let cells = self.over_floor_cells(name, "noop-reply");
+                let _ = writeln!(out, "| `{name}` | {cells} |");
             }
         }
 
@@ -1340,9 +1334,9 @@ const PASS_CALL_PROBES: [(&str, &str); 6] = [
 
 /// The floor's mimic of negcache's replies: its host calls for a hit and for a blocked client,
 /// then the same reply; with the status the reply has.
-const REPLY_CALL_PROBES: [(&str, &str, u16); 2] = [
-    ("probe-hit-calls", "hit", 401),
-    ("probe-block-calls", "block", 429),
+const REPLY_CALL_PROBES: [(&str, (&str, u16)); 2] = [
+    ("probe-hit-calls", ("hit", 401)),
+    ("probe-block-calls", ("block", 429)),
 ];
 
 /// Calls per request in the floor's probe mode (`bench/floor/src/lib.rs`).
