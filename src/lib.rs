@@ -8,6 +8,8 @@ pub mod config_reader;
 pub mod cors;
 pub mod credential;
 pub mod decimal;
+pub mod exchange;
+pub mod filter_config;
 pub mod fingerprint;
 pub mod header_name;
 pub mod http_date;
@@ -18,7 +20,6 @@ pub mod path;
 pub mod rate_limit;
 pub mod reply;
 pub mod request;
-pub mod runtime;
 pub mod secret;
 pub mod slots;
 

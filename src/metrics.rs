@@ -7,83 +7,62 @@ pub enum Kind {
     Gauge,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Metric {
-    Hits,
-    Misses,
-    Stores,
-    Evictions,
-    ShadowHits,
-    Purges,
-    Errors,
-    SlotsUsed,
-    RateLimitFailures,
-    RateLimitBlocks,
-    RateLimitRejected,
-    RateLimitShadowRejected,
-    RateLimitSlotsUsed,
-    ClientIpUntrustedHeader,
-    ClientIpUnresolved,
-    ClientIpHeaderDerivedPeer,
+/// Declares `Metric` from one list: each metric's variant, name and kind, written once.
+macro_rules! metrics {
+    ($($variant:ident => $name:literal, $kind:ident;)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Metric {
+            $($variant,)*
+        }
+
+        impl Metric {
+            /// Every metric, in declaration order (`index` is the position here).
+            pub const ALL: &'static [Metric] = &[$(Metric::$variant,)*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Metric::$variant => $name,)*
+                }
+            }
+
+            pub fn kind(self) -> Kind {
+                match self {
+                    $(Metric::$variant => Kind::$kind,)*
+                }
+            }
+        }
+    };
+}
+
+metrics! {
+    Hits => "negcache_hits_total", Counter;
+    Misses => "negcache_misses_total", Counter;
+    Stores => "negcache_stores_total", Counter;
+    Evictions => "negcache_evictions_total", Counter;
+    ShadowHits => "negcache_shadow_hits_total", Counter;
+    Purges => "negcache_purges_total", Counter;
+    Errors => "negcache_errors_total", Counter;
+    SlotsUsed => "negcache_slots_used", Gauge;
+    RateLimitFailures => "negcache_ratelimit_failures_total", Counter;
+    RateLimitBlocks => "negcache_ratelimit_blocks_total", Counter;
+    RateLimitRejected => "negcache_ratelimit_rejected_total", Counter;
+    RateLimitShadowRejected => "negcache_ratelimit_shadow_rejected_total", Counter;
+    RateLimitSlotsUsed => "negcache_ratelimit_slots_used", Gauge;
+    ClientIpUntrustedHeader => "negcache_client_ip_untrusted_header_total", Counter;
+    ClientIpUnresolved => "negcache_client_ip_unresolved_total", Counter;
+    ClientIpHeaderDerivedPeer => "negcache_client_ip_header_derived_peer_total", Counter;
 }
 
 impl Metric {
-    pub const ALL: [Metric; 16] = [
-        Metric::Hits,
-        Metric::Misses,
-        Metric::Stores,
-        Metric::Evictions,
-        Metric::ShadowHits,
-        Metric::Purges,
-        Metric::Errors,
-        Metric::SlotsUsed,
-        Metric::RateLimitFailures,
-        Metric::RateLimitBlocks,
-        Metric::RateLimitRejected,
-        Metric::RateLimitShadowRejected,
-        Metric::RateLimitSlotsUsed,
-        Metric::ClientIpUntrustedHeader,
-        Metric::ClientIpUnresolved,
-        Metric::ClientIpHeaderDerivedPeer,
-    ];
-
     /// Position in `ALL` (the declaration order).
     pub fn index(self) -> usize {
         self as usize
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Metric::Hits => "negcache_hits_total",
-            Metric::Misses => "negcache_misses_total",
-            Metric::Stores => "negcache_stores_total",
-            Metric::Evictions => "negcache_evictions_total",
-            Metric::ShadowHits => "negcache_shadow_hits_total",
-            Metric::Purges => "negcache_purges_total",
-            Metric::Errors => "negcache_errors_total",
-            Metric::SlotsUsed => "negcache_slots_used",
-            Metric::RateLimitFailures => "negcache_ratelimit_failures_total",
-            Metric::RateLimitBlocks => "negcache_ratelimit_blocks_total",
-            Metric::RateLimitRejected => "negcache_ratelimit_rejected_total",
-            Metric::RateLimitShadowRejected => "negcache_ratelimit_shadow_rejected_total",
-            Metric::RateLimitSlotsUsed => "negcache_ratelimit_slots_used",
-            Metric::ClientIpUntrustedHeader => "negcache_client_ip_untrusted_header_total",
-            Metric::ClientIpUnresolved => "negcache_client_ip_unresolved_total",
-            Metric::ClientIpHeaderDerivedPeer => "negcache_client_ip_header_derived_peer_total",
-        }
-    }
-
-    pub fn kind(self) -> Kind {
-        match self {
-            Metric::SlotsUsed | Metric::RateLimitSlotsUsed => Kind::Gauge,
-            _ => Kind::Counter,
-        }
-    }
 }
 
-/// Metric updates made by one VM and not yet handed to the host. A request adds to them for
-/// free; the VM hands the sums over once a second, so a counter in `/stats` lags by at most
-/// that, and a request pays for no metric host call.
+/// Metric updates not yet handed on: a request's own, or a VM's. Adding is free; the VM hands
+/// its sums to the host once a second, so a counter in `/stats` lags by at most that, and a
+/// request pays for no metric host call.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PendingCounts {
     counts: [u64; Metric::ALL.len()],
@@ -100,9 +79,15 @@ impl PendingCounts {
     pub fn take(&mut self) -> impl Iterator<Item = (Metric, u64)> {
         let counts = std::mem::take(&mut self.counts);
         Metric::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .zip(counts)
             .filter(|(_, count)| *count > 0)
+    }
+
+    /// The sum of `metric` so far.
+    pub fn get(&self, metric: Metric) -> u64 {
+        self.counts.get(metric.index()).copied().unwrap_or(0)
     }
 }
 
@@ -111,10 +96,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_metric_sits_at_its_index() {
-        for (position, metric) in Metric::ALL.into_iter().enumerate() {
+    fn every_metric_sits_at_its_index_under_a_unique_name() {
+        for (position, metric) in Metric::ALL.iter().enumerate() {
             assert_eq!(metric.index(), position, "{}", metric.name());
+            assert!(metric.name().starts_with("negcache_"), "{}", metric.name());
         }
+        let mut names: Vec<_> = Metric::ALL.iter().map(|m| m.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Metric::ALL.len());
+        assert_eq!(Metric::SlotsUsed.kind(), Kind::Gauge);
+        assert_eq!(Metric::Hits.kind(), Kind::Counter);
     }
 
     #[test]
@@ -124,6 +116,7 @@ mod tests {
         pending.add(Metric::Misses, 2);
         pending.add(Metric::SlotsUsed, 1);
         pending.add(Metric::Hits, 0);
+        assert_eq!(pending.get(Metric::Misses), 3);
         let taken: Vec<_> = pending.take().collect();
         assert_eq!(taken, vec![(Metric::Misses, 3), (Metric::SlotsUsed, 1)]);
         assert_eq!(pending.take().count(), 0);

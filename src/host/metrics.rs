@@ -35,18 +35,13 @@ impl Metrics {
         !self.ids.is_empty()
     }
 
-    /// Adds to the pending sums; `flush` hands them to the host.
-    pub fn add(&self, metric: Metric, value: u64) {
-        if value == 0 {
-            return;
-        }
+    /// Adds a request's counts to the pending sums, emptying them.
+    pub fn absorb(&self, counts: &mut PendingCounts) {
         if let Ok(mut pending) = self.pending.try_borrow_mut() {
-            pending.add(metric, value);
+            for (metric, value) in counts.take() {
+                pending.add(metric, value);
+            }
         }
-    }
-
-    pub fn inc(&self, metric: Metric) {
-        self.add(metric, 1);
     }
 
     /// One host call per metric that changed since the last flush.

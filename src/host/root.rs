@@ -12,7 +12,7 @@ use super::http::NegcacheHttp;
 use super::metrics::Metrics;
 use super::store::EnvoyStore;
 use crate::config::{Config, ConfigError, SecretSource};
-use crate::runtime::Runtime;
+use crate::filter_config::FilterConfig;
 use crate::secret;
 
 /// How often a VM hands its metric updates to the host: the most a counter in `/stats` lags.
@@ -24,7 +24,7 @@ const SECRET_RECHECK_TICKS: u32 = 5;
 
 #[derive(Default)]
 pub struct NegcacheRoot {
-    runtime: Option<Rc<Runtime>>,
+    filter: Option<Rc<FilterConfig>>,
     metrics: Rc<Metrics>,
     generated_secret: bool,
     ticks: u32,
@@ -49,25 +49,25 @@ impl RootContext for NegcacheRoot {
             .flatten()
             .unwrap_or_default();
         match configure(&bytes) {
-            Ok((runtime, generated_secret)) => {
+            Ok((filter, generated_secret)) => {
                 // Defined once: contexts still serving hold this one and add to it.
                 if !self.metrics.is_defined() {
                     self.metrics = Rc::new(Metrics::define());
                 }
                 // Only tables in use get keys: shared data never frees them.
-                if runtime.config.negative_cache.enabled {
-                    if let Err(e) = runtime.tables.records.create_slots(&EnvoyStore) {
+                if filter.config.negative_cache.enabled {
+                    if let Err(e) = filter.tables.records.create_slots(&EnvoyStore) {
                         warn!("negcache: could not create the cache slots: {e:?}");
                     }
                 }
-                if runtime.config.rate_limit.enabled {
-                    if let Err(e) = runtime.clients.create_slots(&EnvoyStore) {
+                if filter.config.rate_limit.enabled {
+                    if let Err(e) = filter.clients.create_slots(&EnvoyStore) {
                         warn!("negcache: could not create the rate limit slots: {e:?}");
                     }
                 }
                 self.generated_secret = generated_secret;
                 let _ = hostcalls::set_tick_period(METRICS_FLUSH);
-                self.runtime = Some(Rc::new(runtime));
+                self.filter = Some(Rc::new(filter));
                 true
             }
             Err(e) => {
@@ -80,7 +80,7 @@ impl RootContext for NegcacheRoot {
     fn on_tick(&mut self) {
         self.metrics.flush();
         self.ticks = self.ticks.wrapping_add(1);
-        let Some(runtime) = &self.runtime else {
+        let Some(filter) = &self.filter else {
             return;
         };
         if !self.generated_secret || !self.ticks.is_multiple_of(SECRET_RECHECK_TICKS) {
@@ -88,16 +88,16 @@ impl RootContext for NegcacheRoot {
         }
         if let Ok(Some(shared)) = secret::current(&EnvoyStore) {
             let current = crate::fingerprint::Fingerprinter::from_secret(&shared);
-            if current.key_bytes() != runtime.hasher.key_bytes() {
+            if current.key_bytes() != filter.hasher.key_bytes() {
                 info!("negcache: adopting the process secret another VM created");
-                self.runtime = Some(Rc::new(runtime.with_secret(&shared)));
+                self.filter = Some(Rc::new(filter.with_secret(&shared)));
             }
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(NegcacheHttp::new(
-            self.runtime.clone(),
+            self.filter.clone(),
             self.metrics.clone(),
         )))
     }
@@ -109,7 +109,7 @@ impl RootContext for NegcacheRoot {
 
 /// Parses the configuration and settles the secret. Returns whether the secret is the
 /// generated process secret (then it is re-checked on ticks).
-fn configure(bytes: &[u8]) -> Result<(Runtime, bool), ConfigError> {
+fn configure(bytes: &[u8]) -> Result<(FilterConfig, bool), ConfigError> {
     let config = Config::parse(bytes)?;
     let (secret, generated) = match &config.secret {
         SecretSource::Inline(secret) => (secret.clone(), false),
@@ -139,7 +139,7 @@ fn configure(bytes: &[u8]) -> Result<(Runtime, bool), ConfigError> {
             (secret, true)
         }
     };
-    Ok((Runtime::new(config, &secret), generated))
+    Ok((FilterConfig::new(config, &secret), generated))
 }
 
 fn random_secret() -> Option<[u8; secret::SECRET_LEN]> {

@@ -1,5 +1,6 @@
-//! Everything a request needs that is fixed between two configurations: the validated
-//! configuration, the fingerprint key, the slot tables, and precomputed source labels.
+//! A configuration as every request of it uses it: the validated configuration, the
+//! fingerprint key, the slot tables, and the credential sources' labels computed once. Built at
+//! configuration and shared, read-only, by every exchange until the next one.
 
 use crate::config::Config;
 use crate::fingerprint::Fingerprinter;
@@ -7,7 +8,7 @@ use crate::negative_cache::CacheTables;
 use crate::rate_limit;
 use crate::slots::SlotTable;
 
-pub struct Runtime {
+pub struct FilterConfig {
     pub config: Config,
     pub hasher: Fingerprinter,
     pub tables: CacheTables,
@@ -16,12 +17,12 @@ pub struct Runtime {
     pub source_labels: Vec<String>,
 }
 
-impl Runtime {
-    pub fn new(config: Config, secret: &[u8]) -> Runtime {
+impl FilterConfig {
+    pub fn new(config: Config, secret: &[u8]) -> FilterConfig {
         let tables = CacheTables::new(config.negative_cache.capacity);
         let clients = rate_limit::table(config.rate_limit.capacity);
         let source_labels = config.credentials.iter().map(|s| s.label()).collect();
-        Runtime {
+        FilterConfig {
             hasher: Fingerprinter::from_secret(secret),
             tables,
             clients,
@@ -31,7 +32,7 @@ impl Runtime {
     }
 
     /// The same configuration under another secret (a VM adopting the process secret).
-    pub fn with_secret(&self, secret: &[u8]) -> Runtime {
-        Runtime::new(self.config.clone(), secret)
+    pub fn with_secret(&self, secret: &[u8]) -> FilterConfig {
+        FilterConfig::new(self.config.clone(), secret)
     }
 }
