@@ -175,6 +175,27 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Why a configured network cannot be compared with addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MappedTooWide;
+
+/// A configured network in the form addresses are compared in (`canonical`): an IPv4-mapped
+/// network `::ffff:a.b.c.d/p` with `p` ≥ 96 is `a.b.c.d/(p − 96)`, or a trusted proxy written
+/// that way would never match its own (IPv4) address. A mapped network shorter than /96 has no
+/// IPv4 equivalent and is refused. Host bits are cleared.
+pub fn canonical_network(net: IpNet) -> Result<IpNet, MappedTooWide> {
+    let IpNet::V6(v6) = net else {
+        return Ok(net.trunc());
+    };
+    let Some(v4) = v6.addr().to_ipv4_mapped() else {
+        return Ok(net.trunc());
+    };
+    let prefix = v6.prefix_len().checked_sub(96).ok_or(MappedTooWide)?;
+    ipnet::Ipv4Net::new(v4, prefix)
+        .map(|v4| IpNet::V4(v4.trunc()))
+        .map_err(|_| MappedTooWide)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,5 +492,28 @@ mod tests {
             let expected = expected.map(|(ip, port)| (ip.to_string(), port));
             assert_eq!(got, expected, "{input:?}");
         }
+    }
+
+    #[test]
+    fn mapped_networks_are_compared_as_the_ipv4_networks_they_carry() {
+        let net = |text: &str| text.parse::<IpNet>().unwrap();
+        let cases = [
+            ("::ffff:10.0.0.0/104", Ok("10.0.0.0/8")),
+            ("::ffff:10.0.0.5/128", Ok("10.0.0.5/32")),
+            ("::ffff:10.1.2.3/96", Ok("0.0.0.0/0")),
+            ("::ffff:10.0.0.7/120", Ok("10.0.0.0/24")),
+            ("::ffff:10.0.0.0/95", Err(MappedTooWide)),
+            ("::ffff:0:0/80", Err(MappedTooWide)),
+            ("10.0.0.9/8", Ok("10.0.0.0/8")),
+            ("2001:db8::1/32", Ok("2001:db8::/32")),
+            ("::/0", Ok("::/0")),
+        ];
+        for (given, expected) in cases {
+            assert_eq!(canonical_network(net(given)), expected.map(net), "{given}");
+        }
+        // A dual-stack peer (compared as IPv4) falls inside the converted network.
+        let peer = parse_peer("[::ffff:10.0.0.5]:443").unwrap().ip;
+        let trusted = [canonical_network(net("::ffff:10.0.0.0/104")).unwrap()];
+        assert!(contains(&trusted, peer));
     }
 }

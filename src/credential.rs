@@ -1,6 +1,10 @@
-//! Where a request's identity comes from: the first configured source that holds exactly one
-//! non-empty value. Ambiguous values (a header on several lines, a repeated cookie or query
-//! parameter) count as absent, so a request cannot be made to look like someone else's.
+//! Where a request's identity comes from: the first configured source the request carries.
+//!
+//! A source that is present but unusable (a header on several lines or blank, a repeated or
+//! empty cookie or query parameter) ends the search: the request then has no identity, and the
+//! next source is not tried. Otherwise a request carrying a bad value in the first source and a
+//! victim's key in a later one would be keyed on the victim's key, while an upstream reading the
+//! first source answers 401, and the victim's key would be cached as failing.
 
 use std::borrow::Cow;
 
@@ -8,40 +12,128 @@ use crate::config::CredentialSource;
 use crate::path;
 use crate::request::{Headers, Single};
 
-/// A credential found on a request: which configured source, and its raw value.
+/// A credential found on a request: which configured source, and its value (canonical where
+/// HTTP says the difference means nothing, see `canonical`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential<'a> {
     pub source: usize,
     pub value: Cow<'a, [u8]>,
 }
 
+/// What a request presents in the configured sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presented<'a> {
+    /// No configured source is present.
+    Nothing,
+    /// The first present source holds exactly one non-empty value.
+    Credential(Credential<'a>),
+    /// The first present source is ambiguous or blank: the request tried to authenticate, but
+    /// nothing can be looked up or stored for it.
+    Unusable,
+}
+
+impl<'a> Presented<'a> {
+    pub fn credential(self) -> Option<Credential<'a>> {
+        match self {
+            Presented::Credential(credential) => Some(credential),
+            Presented::Nothing | Presented::Unusable => None,
+        }
+    }
+
+    /// Whether the request presented a credential at all, usable or not (for failure counting).
+    pub fn is_presented(&self) -> bool {
+        !matches!(self, Presented::Nothing)
+    }
+}
+
+/// A source's value: absent, one usable value, or present but unusable.
+enum Found<'a> {
+    Absent,
+    One(Cow<'a, [u8]>),
+    Unusable,
+}
+
+impl<'a> From<Option<Option<Cow<'a, [u8]>>>> for Found<'a> {
+    /// `None`: absent; `Some(None)`: present but unusable; `Some(Some(v))`: one usable value
+    /// (empty counts as unusable).
+    fn from(value: Option<Option<Cow<'a, [u8]>>>) -> Self {
+        match value {
+            None => Found::Absent,
+            Some(Some(value)) if !value.is_empty() => Found::One(value),
+            Some(_) => Found::Unusable,
+        }
+    }
+}
+
 pub fn extract<'a>(
     sources: &'a [CredentialSource],
     headers: &Headers<'a>,
     raw_path: &'a str,
-) -> Option<Credential<'a>> {
-    sources.iter().enumerate().find_map(|(index, source)| {
-        let value = match source {
+) -> Presented<'a> {
+    for (index, source) in sources.iter().enumerate() {
+        let found = match source {
             CredentialSource::Header(name) => match headers.single(name) {
+                Single::Absent => Found::Absent,
                 Single::One(value) if !value.iter().all(u8::is_ascii_whitespace) => {
-                    Some(Cow::Borrowed(value))
+                    Found::One(canonical(source, value))
                 }
-                _ => None,
+                Single::One(_) | Single::Many => Found::Unusable,
             },
-            CredentialSource::Cookie(name) => cookie(headers, name),
-            CredentialSource::Query(name) => query_parameter(path::query_only(raw_path), name),
-            CredentialSource::PathSegment(n) => path::segment(raw_path, *n as usize)
-                .map(|segment| Cow::Borrowed(segment.as_bytes())),
-        }?;
-        Some(Credential {
-            source: index,
-            value,
-        })
-    })
+            CredentialSource::Cookie(name) => cookie(headers, name).into(),
+            CredentialSource::Query(name) => {
+                query_parameter(path::query_only(raw_path), name).into()
+            }
+            CredentialSource::PathSegment(n) => match path::segment(raw_path, *n as usize) {
+                Some(segment) => Found::One(Cow::Borrowed(segment.as_bytes())),
+                None => Found::Absent,
+            },
+        };
+        match found {
+            Found::Absent => continue,
+            Found::One(value) => {
+                return Presented::Credential(Credential {
+                    source: index,
+                    value,
+                })
+            }
+            Found::Unusable => return Presented::Unusable,
+        }
+    }
+    Presented::Nothing
 }
 
-/// The value of cookie `name` across all `cookie` lines; absent when empty or repeated.
-fn cookie<'a>(headers: &Headers<'a>, name: &str) -> Option<Cow<'a, [u8]>> {
+/// The value of `source` as the identity is computed from it. For `Authorization` and
+/// `Proxy-Authorization` the scheme is case-insensitive and the spaces after it are one
+/// separator (RFC 9110 11.4, 11.6.2), so `bearer  T` and `Bearer T` are one credential: the
+/// scheme is lower-cased and the separator made one space. The token itself and every other
+/// source are kept byte for byte. Used both for a request's credential and for the values of
+/// `x-negcache-purge`, so a purge finds the entry whatever the case of its scheme.
+pub fn canonical<'v>(source: &CredentialSource, value: &'v [u8]) -> Cow<'v, [u8]> {
+    let CredentialSource::Header(name) = source else {
+        return Cow::Borrowed(value);
+    };
+    if name != "authorization" && name != "proxy-authorization" {
+        return Cow::Borrowed(value);
+    }
+    let value = value.trim_ascii();
+    let Some(end) = value.iter().position(|b| matches!(b, b' ' | b'\t')) else {
+        return Cow::Borrowed(value);
+    };
+    let (scheme, rest) = value.split_at(end);
+    let token = rest.trim_ascii_start();
+    let one_space = rest.len() == token.len() + 1 && rest[0] == b' ';
+    if one_space && !scheme.iter().any(u8::is_ascii_uppercase) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = Vec::with_capacity(scheme.len() + 1 + token.len());
+    out.extend(scheme.iter().map(u8::to_ascii_lowercase));
+    out.push(b' ');
+    out.extend_from_slice(token);
+    Cow::Owned(out)
+}
+
+/// Cookie `name` across all `cookie` lines: `None` when absent, `Some(None)` when repeated.
+fn cookie<'a>(headers: &Headers<'a>, name: &str) -> Option<Option<Cow<'a, [u8]>>> {
     let mut found: Option<&'a [u8]> = None;
     for line in headers.all("cookie") {
         for pair in line.split(|&b| b == b';') {
@@ -53,16 +145,16 @@ fn cookie<'a>(headers: &Headers<'a>, name: &str) -> Option<Cow<'a, [u8]>> {
                 continue;
             }
             if found.is_some() {
-                return None;
+                return Some(None);
             }
             found = Some(pair[eq + 1..].trim_ascii());
         }
     }
-    found.filter(|value| !value.is_empty()).map(Cow::Borrowed)
+    found.map(|value| Some(Cow::Borrowed(value)))
 }
 
-/// The percent-decoded value of query parameter `name`; absent when empty or repeated.
-fn query_parameter<'a>(query: &'a str, name: &str) -> Option<Cow<'a, [u8]>> {
+/// The percent-decoded query parameter `name`: `None` when absent, `Some(None)` when repeated.
+fn query_parameter<'a>(query: &'a str, name: &str) -> Option<Option<Cow<'a, [u8]>>> {
     let mut found: Option<Cow<'a, [u8]>> = None;
     for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -70,11 +162,11 @@ fn query_parameter<'a>(query: &'a str, name: &str) -> Option<Cow<'a, [u8]>> {
             continue;
         }
         if found.is_some() {
-            return None;
+            return Some(None);
         }
         found = Some(decode_component(value));
     }
-    found.filter(|value| !value.is_empty())
+    found.map(Some)
 }
 
 /// Query components decode the way web frameworks read them: `%XX` and `+` as space.
@@ -101,8 +193,21 @@ fn decode_component(raw: &str) -> Cow<'_, [u8]> {
 mod tests {
     use super::*;
 
-    /// Request headers, path, and the (source, value) expected.
-    type Case<'a> = (Vec<(&'a str, &'a [u8])>, &'a str, Option<(usize, &'a [u8])>);
+    /// What `extract` saw, owned, for comparing.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Seen {
+        Nothing,
+        Unusable,
+        Found(usize, Vec<u8>),
+    }
+    use Seen::{Found, Nothing, Unusable};
+
+    fn found(source: usize, value: &[u8]) -> Seen {
+        Found(source, value.to_vec())
+    }
+
+    /// Request headers, path, and what is expected.
+    type Case<'a> = (Vec<(&'a str, &'a [u8])>, &'a str, Seen);
 
     fn sources() -> Vec<CredentialSource> {
         vec![
@@ -114,7 +219,7 @@ mod tests {
         ]
     }
 
-    fn find(pairs: &[(&str, &[u8])], path: &str) -> Option<(usize, Vec<u8>)> {
+    fn find(pairs: &[(&str, &[u8])], path: &str) -> Seen {
         let headers = Headers::from_pairs(pairs);
         let only_query_and_header: Vec<CredentialSource> = sources()[..4].to_vec();
         let list = if path.starts_with("/seg") {
@@ -122,72 +227,85 @@ mod tests {
         } else {
             only_query_and_header
         };
-        extract(&list, &headers, path).map(|c| (c.source, c.value.into_owned()))
+        match extract(&list, &headers, path) {
+            Presented::Nothing => Nothing,
+            Presented::Unusable => Unusable,
+            Presented::Credential(c) => Found(c.source, c.value.into_owned()),
+        }
+    }
+
+    fn check(cases: Vec<Case>) {
+        for (headers, path, expected) in cases {
+            assert_eq!(find(&headers, path), expected, "{headers:?} {path}");
+        }
     }
 
     #[test]
     fn sources_are_tried_in_order_and_first_present_wins() {
-        let cases: Vec<Case> = vec![
+        check(vec![
             (
                 vec![("authorization", b"Bearer a")],
                 "/",
-                Some((0, b"Bearer a")),
+                found(0, b"bearer a"),
             ),
             (
                 vec![("x-api-key", b"k"), ("authorization", b"Basic dTpw")],
                 "/",
-                Some((0, b"Basic dTpw")),
+                found(0, b"basic dTpw"),
             ),
-            (vec![("x-api-key", b"k")], "/", Some((1, b"k"))),
+            (vec![("x-api-key", b"k")], "/", found(1, b"k")),
             (
                 vec![("cookie", b"a=1; sessionid=s1; b=2")],
                 "/",
-                Some((2, b"s1")),
+                found(2, b"s1"),
             ),
-            (vec![], "/x?api_key=q%31&y=2", Some((3, b"q1"))),
-            (vec![], "/x?api_key=a+b", Some((3, b"a b"))),
-            (vec![], "/seg1/manifest.json", Some((4, b"seg1"))),
-            (vec![], "/", None),
-        ];
-        for (headers, path, expected) in cases {
-            let expected = expected.map(|(i, v)| (i, v.to_vec()));
-            assert_eq!(find(&headers, path), expected, "{headers:?} {path}");
-        }
+            (vec![], "/x?api_key=q%31&y=2", found(3, b"q1")),
+            (vec![], "/x?api_key=a+b", found(3, b"a b")),
+            (vec![], "/seg1/manifest.json", found(4, b"seg1")),
+            (vec![], "/", Nothing),
+            // Absent sources are skipped.
+            (vec![("cookie", b"other=1")], "/x?api_key=q", found(3, b"q")),
+        ]);
     }
 
     #[test]
-    fn ambiguous_or_empty_values_count_as_absent() {
-        let cases: Vec<Case> = vec![
-            // A header on two lines is skipped; the next source is used.
+    fn an_ambiguous_or_blank_first_source_ends_the_search() {
+        check(vec![
+            // The victim's key in a later source is never used when the first source present
+            // is ambiguous or blank.
             (
                 vec![
                     ("authorization", b"a"),
                     ("authorization", b"b"),
-                    ("x-api-key", b"k"),
+                    ("x-api-key", b"victim"),
                 ],
                 "/",
-                Some((1, b"k")),
+                Unusable,
             ),
-            (vec![("authorization", b"")], "/", None),
-            (vec![("authorization", b"   ")], "/", None),
+            (
+                vec![("authorization", b""), ("x-api-key", b"victim")],
+                "/",
+                Unusable,
+            ),
+            (vec![("authorization", b"   ")], "/", Unusable),
             (
                 vec![("cookie", b"sessionid=a"), ("cookie", b"sessionid=b")],
-                "/",
-                None,
+                "/x?api_key=victim",
+                Unusable,
             ),
-            (vec![("cookie", b"sessionid=")], "/", None),
-            (vec![("cookie", b"sessionidx=a; xsessionid=b")], "/", None),
-            (vec![("cookie", b";;=;sessionid")], "/", None),
-            (vec![], "/x?api_key=a&api_key=b", None),
-            (vec![], "/x?api_key=", None),
-            (vec![], "/x?api_key", None),
-            (vec![], "/x?API_KEY=a", None),
-            (vec![], "/x?api_key=%zz", Some((3, b"%zz"))),
-        ];
-        for (headers, path, expected) in cases {
-            let expected = expected.map(|(i, v)| (i, v.to_vec()));
-            assert_eq!(find(&headers, path), expected, "{headers:?} {path}");
-        }
+            (vec![("cookie", b"sessionid=")], "/", Unusable),
+            (
+                vec![("cookie", b"sessionidx=a; xsessionid=b")],
+                "/",
+                Nothing,
+            ),
+            (vec![("cookie", b";;=;sessionid")], "/", Nothing),
+            (vec![], "/x?api_key=a&api_key=b", Unusable),
+            (vec![], "/x?api_key=", Unusable),
+            (vec![], "/x?api_key", Unusable),
+            (vec![], "/x?API_KEY=a", Nothing),
+            (vec![], "/x?api_key=%zz", found(3, b"%zz")),
+        ]);
     }
 
     #[test]
@@ -195,7 +313,52 @@ mod tests {
         let value: &[u8] = b"Bearer \xff\xfe";
         assert_eq!(
             find(&[("authorization", value)], "/"),
-            Some((0, value.to_vec()))
+            found(0, b"bearer \xff\xfe")
+        );
+        let key: &[u8] = b"\x80 \xff";
+        assert_eq!(find(&[("x-api-key", key)], "/"), found(1, key));
+    }
+
+    #[test]
+    fn the_authorization_scheme_and_its_separator_are_canonical_and_nothing_else() {
+        let authorization = CredentialSource::Header("authorization".into());
+        for raw in [
+            &b"Bearer T0k3n"[..],
+            b"bearer T0k3n",
+            b"BEARER T0k3n",
+            b"Bearer   T0k3n",
+            b"Bearer\tT0k3n",
+            b" bearer T0k3n ",
+        ] {
+            assert_eq!(&*canonical(&authorization, raw), b"bearer T0k3n", "{raw:?}");
+        }
+        // The token stays case-sensitive; a value without a scheme stays as it is.
+        assert_eq!(
+            &*canonical(&authorization, b"Bearer t0k3n"),
+            b"bearer t0k3n"
+        );
+        assert_eq!(&*canonical(&authorization, b"T0K3N"), b"T0K3N");
+        assert_eq!(
+            &*canonical(&authorization, b"Basic dTpw=="),
+            b"basic dTpw=="
+        );
+        // Already canonical: borrowed, no copy.
+        assert!(matches!(
+            canonical(&authorization, b"bearer T"),
+            Cow::Borrowed(_)
+        ));
+        let proxy = CredentialSource::Header("proxy-authorization".into());
+        assert_eq!(&*canonical(&proxy, b"Basic  X"), b"basic X");
+        // Other sources are byte for byte.
+        let key = CredentialSource::Header("x-api-key".into());
+        assert_eq!(&*canonical(&key, b"Bearer T"), b"Bearer T");
+        assert_eq!(
+            &*canonical(&CredentialSource::Cookie("s".into()), b"A  B"),
+            b"A  B"
+        );
+        assert_eq!(
+            find(&[("authorization", b"BEARER   abc")], "/"),
+            found(0, b"bearer abc")
         );
     }
 }

@@ -36,6 +36,36 @@ pub fn is_under(path: &str, prefix: &str) -> bool {
     }
 }
 
+/// Whether a request for `raw` skips the filter under one of `exempt` (normalized prefixes).
+///
+/// Only a path that no later decoding can turn into another one is exempt: an upstream or
+/// framework that decodes `%2F` or `%5C` into a separator, `%2E` into a dot segment, `%25` a
+/// second time, or cuts a segment at `;` (matrix parameters) could read `/healthz/..%2Flogin` as
+/// `/login`, and the exemption would then be a way around a block.
+pub fn is_exempt(raw: &str, exempt: &[String]) -> bool {
+    if exempt.is_empty() {
+        return false;
+    }
+    let path = path_only(raw);
+    if may_decode_into_another_path(path.as_bytes()) {
+        return false;
+    }
+    let normalized = normalize(path);
+    exempt.iter().any(|prefix| is_under(&normalized, prefix))
+}
+
+/// A `;`, a `\`, a NUL, or a percent-escape of `/`, `\`, `.`, `;`, `%` or NUL (any case).
+fn may_decode_into_another_path(path: &[u8]) -> bool {
+    path.iter().enumerate().any(|(at, &byte)| match byte {
+        b';' | b'\\' | 0 => true,
+        b'%' => matches!(
+            percent_byte(path, at),
+            Some(b'/' | b'\\' | b'.' | b';' | b'%' | 0)
+        ),
+        _ => false,
+    })
+}
+
 /// The `index`-th segment of the path (0 = first after the leading `/`), if present and non-empty.
 pub fn segment(raw: &str, index: usize) -> Option<&str> {
     let path = path_only(raw);
@@ -146,6 +176,41 @@ mod tests {
         assert!(!is_under("/healthzX", "/healthz"));
         assert!(!is_under("/login", "/healthz"));
         assert!(is_under("/anything", "/"));
+    }
+
+    #[test]
+    fn a_path_that_later_decoding_could_change_is_never_exempt() {
+        let exempt = vec![normalize("/healthz")];
+        for raw in [
+            "/healthz",
+            "/healthz/live",
+            "/healthz?probe=a%2Fb;c",
+            "/%68ealthz/live",
+        ] {
+            assert!(is_exempt(raw, &exempt), "{raw} should be exempt");
+        }
+        for raw in [
+            "/healthz/..%2Flogin",
+            "/healthz/..%2flogin",
+            "/healthz%2F..%2F..%2Flogin",
+            "/healthz/..%5Clogin",
+            "/healthz/..%5clogin",
+            "/healthz/..\\login",
+            "/healthz/%2E%2E/login",
+            "/healthz/%2e./login",
+            "/healthz/..%252Flogin",
+            "/healthz/..;/login",
+            "/healthz;x=1/../login",
+            "/healthz/%3B/../login",
+            "/healthz/%3b",
+            "/healthz/%00",
+            "/healthz/\0",
+            "/healthz/../login",
+            "/healthzX",
+        ] {
+            assert!(!is_exempt(raw, &exempt), "{raw} must not be exempt");
+        }
+        assert!(!is_exempt("/healthz", &[]));
     }
 
     #[test]
