@@ -54,20 +54,22 @@ impl Exchange {
         };
         let config = &filter.config;
         let line = RequestLine::of(headers);
-        let identity =
-            credential::extract(&config.credentials, headers, &line.raw_path).and_then(|found| {
-                let source = filter.source_labels.get(found.source)?;
-                Some(filter.hasher.identity(
-                    &line.authority,
-                    Who::Credential {
-                        source,
-                        value: &found.value,
-                    },
-                ))
-            });
+        let presented = credential::extract(&config.credentials, headers, &line.raw_path);
+        // An unusable credential (ambiguous or blank) is still an attempt to authenticate: its
+        // failures count, but nothing is looked up or stored for it.
+        self.has_credential = presented.is_presented();
+        let identity = presented.credential().and_then(|found| {
+            let source = filter.source_labels.get(found.source)?;
+            Some(filter.hasher.identity(
+                &line.authority,
+                Who::Credential {
+                    source,
+                    value: &found.value,
+                },
+            ))
+        });
         self.seen = true;
         self.head = line.method == "HEAD";
-        self.has_credential = identity.is_some();
         if !config.cors.allowed_origins.is_empty() {
             self.origin = headers.first("origin").map(<[u8]>::to_vec);
         }
@@ -82,16 +84,9 @@ impl Exchange {
             report.decide(Decision::Preflight);
             return RequestStep::CONTINUE;
         }
-        if !config.exempt_paths.is_empty() {
-            let normalized = path::normalize(&line.raw_path);
-            if config
-                .exempt_paths
-                .iter()
-                .any(|prefix| path::is_under(&normalized, prefix))
-            {
-                report.decide(Decision::Exempt);
-                return RequestStep::CONTINUE;
-            }
+        if path::is_exempt(&line.raw_path, &config.exempt_paths) {
+            report.decide(Decision::Exempt);
+            return RequestStep::CONTINUE;
         }
 
         let cache = &config.negative_cache;
@@ -124,12 +119,14 @@ impl Exchange {
                 identity,
                 anonymous: false,
             }),
-            None if cache.cache_anonymous => self.client.as_deref().map(|client| Subject {
-                identity: filter
-                    .hasher
-                    .identity(&line.authority, Who::Anonymous { client_ip: client }),
-                anonymous: true,
-            }),
+            None if cache.cache_anonymous && !self.has_credential => {
+                self.client.as_deref().map(|client| Subject {
+                    identity: filter
+                        .hasher
+                        .identity(&line.authority, Who::Anonymous { client_ip: client }),
+                    anonymous: true,
+                })
+            }
             None => None,
         };
         let Some(subject) = self.subject else {

@@ -3,6 +3,7 @@
 use log::debug;
 
 use super::{Decision, Exchange, Host, Report};
+use crate::credential;
 use crate::filter_config::FilterConfig;
 use crate::fingerprint::Who;
 use crate::metrics::Metric;
@@ -120,10 +121,15 @@ impl Exchange {
             if value.is_empty() {
                 continue;
             }
-            for source in &filter.source_labels {
-                let identity = filter
-                    .hasher
-                    .identity(authority, Who::Credential { source, value });
+            let sources = filter.config.credentials.iter();
+            for (source, label) in sources.zip(&filter.source_labels) {
+                // The value as the request's credential was read: `Bearer T` purges `bearer T`.
+                let value = &*credential::canonical(source, value);
+                let who = Who::Credential {
+                    source: label,
+                    value,
+                };
+                let identity = filter.hasher.identity(authority, who);
                 match negative_cache::purge(
                     host.store(),
                     &filter.tables,

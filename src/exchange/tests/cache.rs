@@ -326,7 +326,7 @@ fn corrupt_slots_are_counted_as_errors_and_overwritten() {
         b"api.example.com",
         crate::fingerprint::Who::Credential {
             source: "header:authorization",
-            value: b"Bearer t",
+            value: b"bearer t",
         },
     );
     for index in proxy.filter.tables.records.candidates(&identity) {
@@ -348,4 +348,42 @@ fn corrupt_slots_are_counted_as_errors_and_overwritten() {
         proxy.send(&get("/").token("t"), upstream(200)).decision,
         Some(Decision::Hit)
     );
+}
+
+#[test]
+fn a_purge_finds_the_credential_whatever_the_case_of_its_scheme() {
+    let mut proxy = Proxy::new("{}");
+    let lower = get("/").header("authorization", "bearer T0k3n");
+    proxy.send(&lower, unauthorized());
+    assert_eq!(
+        proxy.send(&lower, upstream(200)).decision,
+        Some(Decision::Hit)
+    );
+    let purge = upstream(200).header("x-negcache-purge", "Bearer   T0k3n");
+    proxy.send(&get("/signup"), purge);
+    assert_eq!(proxy.count(Metric::Purges), 1);
+    let seen = proxy.send(&lower, upstream(200));
+    assert!(
+        seen.reached_upstream,
+        "the purged credential reaches the upstream"
+    );
+}
+
+#[test]
+fn a_victims_key_behind_an_ambiguous_first_source_is_never_cached() {
+    let mut proxy = Proxy::new("{}");
+    let attack = get("/")
+        .header("authorization", "Bearer a")
+        .another("authorization", "Bearer b")
+        .header("x-api-key", "victim-key");
+    let seen = proxy.send(&attack, unauthorized());
+    assert!(seen.reached_upstream);
+    assert_ne!(seen.decision, Some(Decision::Stored));
+    let victim = get("/").header("x-api-key", "victim-key");
+    let seen = proxy.send(&victim, upstream(200));
+    assert!(
+        seen.reached_upstream,
+        "the victim is not answered from the cache"
+    );
+    assert_eq!(proxy.count(Metric::Stores), 0);
 }

@@ -259,3 +259,25 @@ fn cas_conflicts_are_retried_not_lost() {
     assert_eq!(proxy.count(Metric::RateLimitBlocks), 1);
     assert_eq!(proxy.count(Metric::Errors), 0);
 }
+
+#[test]
+fn an_exempt_path_with_an_escaped_separator_is_not_a_way_around_a_block() {
+    let mut proxy = Proxy::new(
+        r#"{"exempt_paths": ["/healthz"], "negative_cache": {"enabled": false},
+            "rate_limit": {"max_failures": 0}}"#,
+    );
+    let failing = upstream(401).chunk(b"{}");
+    assert_eq!(proxy.send(&get("/login").token("t"), failing).status, 401);
+    let healthz = proxy.send(&get("/healthz/live").token("t"), upstream(200));
+    assert_eq!(healthz.decision, Some(Decision::Exempt));
+    assert_eq!(healthz.status, 200);
+    for sneaky in [
+        "/healthz/..%2Flogin",
+        "/healthz/..%5clogin",
+        "/healthz/..;/login",
+    ] {
+        let seen = proxy.send(&get(sneaky).token("t"), upstream(200));
+        assert_eq!(seen.status, 429, "{sneaky}");
+        assert_eq!(seen.decision, Some(Decision::Blocked), "{sneaky}");
+    }
+}

@@ -70,6 +70,12 @@ impl Req {
         Headers::from_pairs(&self.0)
     }
 
+    /// Adds a line of `name`, keeping the ones already there (a header sent twice).
+    pub fn another(mut self, name: &str, value: &str) -> Req {
+        self.0.push((name.to_string(), value.to_string()));
+        self
+    }
+
     pub fn token(self, token: &str) -> Req {
         self.header("authorization", &format!("Bearer {token}"))
     }

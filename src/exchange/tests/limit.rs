@@ -251,3 +251,16 @@ fn requests_that_can_never_fail_hold_no_place() {
         proxy.finish(flight, Some(upstream(200)));
     }
 }
+
+#[test]
+fn failures_with_an_ambiguous_or_blank_credential_count_like_any_other() {
+    let mut proxy = limiter(r#""max_failures": 1"#);
+    let doubled = get("/")
+        .header("authorization", "Bearer a")
+        .another("authorization", "Bearer b");
+    assert_eq!(proxy.send(&doubled, unauthorized()).status, 401);
+    let blank = get("/").header("authorization", " ");
+    assert_eq!(proxy.send(&blank, unauthorized()).status, 401);
+    assert_eq!(proxy.count(Metric::RateLimitFailures), 2);
+    assert_eq!(proxy.send(&get("/").token("t"), upstream(200)).status, 429);
+}
