@@ -25,6 +25,7 @@
 //! Set `NEGCACHE_KEEP_TMP=1` to keep each test's temp dir (Envoy's `envoy.json`,
 //! log, access log) for a look afterwards.
 
+// Each test file uses a part of the harness: the rest is dead code, and unused re-exports, there.
 #![allow(dead_code, unused_imports)]
 
 mod access_log;

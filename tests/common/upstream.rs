@@ -66,7 +66,7 @@ enum BodyMode {
     UntilClose,
 }
 
-/// A scripted upstream response. Builders:
+/// An upstream response. Builders:
 /// `Response::new(401).header("www-authenticate", "Bearer").json(r#"{"e":1}"#)`.
 #[derive(Clone, Debug)]
 pub struct Response {
