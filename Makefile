@@ -83,8 +83,8 @@ test: setup build lint
 # alternating rounds, negcache against the floor filters of bench/floor (a separate crate, built
 # into target/floor). Writes bench/results.md. A quick run:
 #   BENCH_ROUNDS=2 BENCH_SECONDS=2 BENCH_MEMORY=0 make bench
-# (BENCH_WARMUP, BENCH_CASES, BENCH_RESULTS: see benches/envoy.rs.) The bench binary itself
-# (it also runs the upstream) is built at opt-level 3 without LTO.
+# (BENCH_WARMUP, BENCH_CASES, BENCH_VARIANTS, BENCH_RESULTS: see benches/envoy/main.rs.) The
+# bench binary itself (it also runs the upstream) is built at opt-level 3 without LTO.
 bench: export ENVOY_BIN := $(ENVOY_BIN)
 bench: export NEGCACHE_WASM := $(CURDIR)/$(WASM)
 bench: export FLOOR_WASM := $(CURDIR)/$(FLOOR_WASM)

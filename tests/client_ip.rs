@@ -34,10 +34,9 @@ fn behind_proxies(client_ip: Value, max_failures: u32) -> (Upstream, Envoy) {
 
 const TRUSTED: &str = "127.0.0.1/32";
 
-/// The client negcache resolved for the last request, as the access log shows it.
-fn last_client(envoy: &Envoy, requests: usize) -> String {
-    let entries = envoy.wait_access_log(requests);
-    entries.last().unwrap().client.clone().unwrap_or_default()
+/// The client negcache resolved for the `n`-th request, as the access log shows it.
+fn resolved_client(envoy: &Envoy, n: usize) -> String {
+    envoy.access_entry(n).client.unwrap_or_default()
 }
 
 fn get(envoy: &Envoy, headers: &[(&str, &str)]) -> ClientResponse {
@@ -55,7 +54,7 @@ fn a_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored() {
         let spoofed = format!("203.0.113.{n}");
         assert_eq!(get(&envoy, &[("x-forwarded-for", &spoofed)]).status, 401);
         seen += 1;
-        assert_eq!(last_client(&envoy, seen), "127.0.0.1");
+        assert_eq!(resolved_client(&envoy, seen), "127.0.0.1");
     }
     // Rotating the header does not escape the block.
     assert_eq!(
@@ -87,20 +86,20 @@ fn a_trusted_chain_resolves_the_hop_our_proxies_recorded() {
     ];
     for (n, (headers, expected)) in cases.iter().enumerate() {
         get(&envoy, headers);
-        assert_eq!(last_client(&envoy, n + 1), *expected, "{headers:?}");
+        assert_eq!(resolved_client(&envoy, n + 1), *expected, "{headers:?}");
     }
     // Two header lines are one list, in order.
     let reply = envoy.request_raw(
         b"GET / HTTP/1.1\r\nhost: x\r\nauthorization: Bearer x\r\nx-forwarded-for: 1.1.1.1, 203.0.113.8\r\nx-forwarded-for: 10.0.0.3\r\nconnection: close\r\n\r\n",
     );
     assert_eq!(reply.status, 401);
-    assert_eq!(last_client(&envoy, cases.len() + 1), "203.0.113.8");
+    assert_eq!(resolved_client(&envoy, cases.len() + 1), "203.0.113.8");
     // A 200-entry chain whose real hops are on the right.
     let mut chain: Vec<String> = (0..198).map(|n| format!("192.0.2.{}", n % 200)).collect();
     chain.push("203.0.113.9".into());
     chain.push("10.0.0.4".into());
     get(&envoy, &[("x-forwarded-for", &chain.join(", "))]);
-    assert_eq!(last_client(&envoy, cases.len() + 2), "203.0.113.9");
+    assert_eq!(resolved_client(&envoy, cases.len() + 2), "203.0.113.9");
 }
 
 #[test]
@@ -119,7 +118,7 @@ fn a_provider_header_is_believed_only_when_the_request_came_through_the_provider
             reply.status
         );
         n += 1;
-        assert_eq!(last_client(&envoy, n), expected, "{headers:?}");
+        assert_eq!(resolved_client(&envoy, n), expected, "{headers:?}");
     };
     // Through the provider's edge: the header names the client.
     check(
@@ -162,7 +161,7 @@ fn a_duplicated_provider_header_is_not_used() {
         b"GET / HTTP/1.1\r\nhost: x\r\nauthorization: Bearer x\r\nx-real-ip: 203.0.113.30\r\nx-real-ip: 203.0.113.31\r\nx-forwarded-for: 198.51.100.11\r\nconnection: close\r\n\r\n",
     );
     assert_eq!(reply.status, 401);
-    assert_eq!(last_client(&envoy, 1), "198.51.100.11");
+    assert_eq!(resolved_client(&envoy, 1), "198.51.100.11");
     get(
         &envoy,
         &[
@@ -170,7 +169,7 @@ fn a_duplicated_provider_header_is_not_used() {
             ("x-forwarded-for", "198.51.100.11"),
         ],
     );
-    assert_eq!(last_client(&envoy, 2), "203.0.113.32");
+    assert_eq!(resolved_client(&envoy, 2), "203.0.113.32");
 }
 
 #[test]
@@ -184,8 +183,8 @@ fn an_unresolved_request_is_neither_counted_nor_blocked() {
         );
         assert_eq!(get(&envoy, &[]).status, 401);
     }
-    assert_eq!(upstream.count(), 12);
-    assert_eq!(last_client(&envoy, 12), "unresolved");
+    upstream.assert_count(12);
+    assert_eq!(resolved_client(&envoy, 12), "unresolved");
     assert_eq!(envoy.metric("negcache_client_ip_unresolved_total"), 12);
     assert_eq!(envoy.metric("negcache_ratelimit_failures_total"), 0);
 }
@@ -215,7 +214,7 @@ fn ipv6_clients_are_grouped_by_their_prefix() {
         401,
         "exact at /128"
     );
-    assert_eq!(last_client(&exact, 3), "2001:db8:1:2::3");
+    assert_eq!(resolved_client(&exact, 3), "2001:db8:1:2::3");
 }
 
 #[test]
@@ -295,13 +294,13 @@ fn the_client_is_resolved_only_when_a_feature_uses_it() {
     // Cache only, entries keyed on the credential alone: nothing needs the client.
     let envoy = start(json!({"statuses": {"401": {"ttl_seconds": 60}}}));
     get(&envoy, &[("x-forwarded-for", "203.0.113.7")]);
-    let entries = envoy.wait_access_log(1);
-    assert_eq!(entries[0].decision.as_deref(), Some("stored"));
-    assert_eq!(entries[0].client, None, "no feature asked for the client");
+    let entry = envoy.access_entry(1);
+    assert_eq!(entry.decision.as_deref(), Some("stored"));
+    assert_eq!(entry.client, None, "no feature asked for the client");
     // Anonymous requests cached per client do.
     let envoy = start(json!({"cache_anonymous": true, "statuses": {"401": {"ttl_seconds": 60}}}));
     envoy.get("/", &[("x-forwarded-for", "203.0.113.7")]);
-    let entries = envoy.wait_access_log(1);
-    assert_eq!(entries[0].decision.as_deref(), Some("stored"));
-    assert_eq!(entries[0].client.as_deref(), Some("203.0.113.7"));
+    let entry = envoy.access_entry(1);
+    assert_eq!(entry.decision.as_deref(), Some("stored"));
+    assert_eq!(entry.client.as_deref(), Some("203.0.113.7"));
 }

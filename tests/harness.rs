@@ -26,7 +26,7 @@ fn request_reaches_upstream_and_connections_spread_over_both_workers() {
     assert!(resp.complete);
     assert_eq!(resp.header("WWW-Authenticate"), Some("Bearer"));
     assert_eq!(resp.json()["error"], "invalid token");
-    assert_eq!(upstream.count(), 1);
+    upstream.assert_count(1);
     let seen = &upstream.requests()[0];
     assert_eq!(seen.method, "GET");
     assert_eq!(seen.path, "/api/me?x=1");
@@ -37,7 +37,7 @@ fn request_reaches_upstream_and_connections_spread_over_both_workers() {
     for _ in 0..40 {
         assert_eq!(envoy.get("/healthz", &[]).status, 200);
     }
-    assert_eq!(upstream.count(), 41);
+    upstream.assert_count(41);
     assert_eq!(upstream.count_where(|r| r.path == "/healthz"), 40);
     let (w0, w1) = envoy.worker_connections();
     assert!(
@@ -89,15 +89,18 @@ fn reconfigure_replaces_the_plugin_configuration_and_keeps_the_vm() {
         dynamic_listener: true,
         ..EnvoyOptions::new(upstream.port(), json!({"rate_limit": {"enabled": false}}))
     });
-    assert!(!envoy.config_yaml().contains("filter_chains"));
-    assert!(envoy.listener_config_yaml().contains("negcache"));
+    assert!(!envoy.bootstrap().to_string().contains("filter_chains"));
+    assert_eq!(
+        envoy.listener_plugin_config(),
+        json!({"rate_limit": {"enabled": false}})
+    );
     let auth = [("authorization", "Bearer t1")];
 
     let first = envoy.get("/", &auth);
-    assert_eq!((first.status, first.header("x-negcache")), (401, None));
+    assert_eq!((first.status, first.negcache()), (401, None));
     let hit = envoy.get("/", &auth);
-    assert_eq!((hit.status, hit.header("x-negcache")), (401, Some("hit")));
-    assert_eq!(upstream.count(), 1);
+    assert_eq!((hit.status, hit.negcache()), (401, Some("hit")));
+    upstream.assert_count(1);
     envoy.wait_metric("negcache_stores_total", 1);
 
     // A new cache epoch: entries stored before no longer answer.
@@ -105,13 +108,13 @@ fn reconfigure_replaces_the_plugin_configuration_and_keeps_the_vm() {
         "rate_limit": {"enabled": false},
         "negative_cache": {"epoch": 1}
     }));
-    assert!(envoy.listener_config_yaml().contains(r#"\"epoch\":1"#));
+    assert_eq!(envoy.listener_plugin_config()["negative_cache"]["epoch"], 1);
     let miss = envoy.get("/", &auth);
-    assert_eq!((miss.status, miss.header("x-negcache")), (401, None));
-    assert_eq!(upstream.count(), 2);
+    assert_eq!((miss.status, miss.negcache()), (401, None));
+    upstream.assert_count(2);
     let hit = envoy.get("/", &auth);
-    assert_eq!((hit.status, hit.header("x-negcache")), (401, Some("hit")));
-    assert_eq!(upstream.count(), 2);
+    assert_eq!((hit.status, hit.negcache()), (401, Some("hit")));
+    upstream.assert_count(2);
     // Same VM: the process-wide metric went on counting.
     envoy.wait_metric("negcache_stores_total", 2);
     assert_eq!(envoy.stat("listener_manager.lds.update_success"), 2);
@@ -124,11 +127,8 @@ fn reconfigure_replaces_the_plugin_configuration_and_keeps_the_vm() {
     assert!(log.contains("capacity"), "log tail:\n{log}");
     assert_eq!(envoy.stat("listener_manager.lds.update_rejected"), 1);
     let still = envoy.get("/", &auth);
-    assert_eq!(
-        (still.status, still.header("x-negcache")),
-        (401, Some("hit"))
-    );
-    assert_eq!(upstream.count(), 2);
+    assert_eq!((still.status, still.negcache()), (401, Some("hit")));
+    upstream.assert_count(2);
 
     // A valid configuration after the rejected one is taken.
     envoy.reconfigure(json!({
@@ -136,9 +136,48 @@ fn reconfigure_replaces_the_plugin_configuration_and_keeps_the_vm() {
         "negative_cache": {"epoch": 2}
     }));
     let miss = envoy.get("/", &auth);
-    assert_eq!((miss.status, miss.header("x-negcache")), (401, None));
-    assert_eq!(upstream.count(), 3);
+    assert_eq!((miss.status, miss.negcache()), (401, None));
+    upstream.assert_count(3);
     let hit = envoy.get("/", &auth);
-    assert_eq!((hit.status, hit.header("x-negcache")), (401, Some("hit")));
-    assert_eq!(upstream.count(), 3);
+    assert_eq!((hit.status, hit.negcache()), (401, Some("hit")));
+    upstream.assert_count(3);
+}
+
+#[test]
+fn a_lean_upstream_answers_by_path_prefix_and_listener_fields_are_merged() {
+    let upstream = Upstream::lean(&[
+        (
+            "/fail",
+            Response::new(401).json(r#"{"error":"invalid token"}"#),
+        ),
+        ("/ok", Response::ok().text("ok")),
+    ]);
+    // Connections handed to the worker with the fewest, instead of the kernel's hashing.
+    let envoy = Envoy::start(EnvoyOptions {
+        listener_extra: json!({"connection_balance_config": {"exact_balance": {}}}),
+        ..EnvoyOptions::without_filter(upstream.port())
+    });
+    assert_eq!(
+        envoy.bootstrap()["static_resources"]["listeners"][0]["connection_balance_config"],
+        json!({"exact_balance": {}})
+    );
+
+    let fail = envoy.get("/fail/x", &[]);
+    assert_eq!(
+        (fail.status, fail.json()),
+        (401, json!({"error": "invalid token"}))
+    );
+    assert_eq!(envoy.get("/other", &[]).status, 404);
+    // Four connections open at once: two per worker.
+    let (w0, w1) = envoy.worker_connections();
+    let mut connections: Vec<_> = (0..4).map(|_| envoy.connect()).collect();
+    for connection in &mut connections {
+        let ok = connection.get("/ok", &[]);
+        assert_eq!((ok.status, ok.body_str().as_str()), (200, "ok"));
+        let posted = connection.request("POST", "/ok", &[], b"a body");
+        assert_eq!(posted.status, 200);
+    }
+    assert_eq!(envoy.worker_connections(), (w0 + 2, w1 + 2));
+    upstream.assert_count(10);
+    assert!(upstream.requests().is_empty(), "counted, not recorded");
 }

@@ -53,7 +53,7 @@ fn a_401_is_replayed_identically_without_reaching_the_upstream() {
     let auth = bearer("wrong-token-1");
     let first = envoy.get("/api/me", &[("authorization", &auth)]);
     assert_eq!(first.status, 401);
-    assert_eq!(first.header("x-negcache"), None);
+    assert_eq!(first.negcache(), None);
 
     for _ in 0..5 {
         let hit = envoy.get("/api/me", &[("authorization", &auth)]);
@@ -64,7 +64,7 @@ fn a_401_is_replayed_identically_without_reaching_the_upstream() {
             hit.header("www-authenticate"),
             first.header("www-authenticate")
         );
-        assert_eq!(hit.header("x-negcache"), Some("hit"));
+        assert_eq!(hit.negcache(), Some("hit"));
         let age: u64 = hit.header("age").unwrap().parse().unwrap();
         assert!(age <= 60);
         assert_eq!(hit.header_all("www-authenticate").len(), 1);
@@ -84,14 +84,9 @@ fn entries_expire_after_their_ttl_and_hits_do_not_extend_it() {
     let config = json!({"negative_cache": {"statuses": {"401": {"ttl_seconds": 2}}}});
     let (upstream, envoy) = start(config, api);
     let auth = bearer("short-lived");
-    assert_eq!(envoy.get("/", &[("authorization", &auth)]).status, 401);
-    assert_eq!(
-        envoy
-            .get("/", &[("authorization", &auth)])
-            .header("x-negcache"),
-        Some("hit")
-    );
-    assert_eq!(upstream.count(), 1);
+    let (miss, _) = envoy.miss_then_hit("/", &[("authorization", &auth)]);
+    assert_eq!(miss.status, 401);
+    upstream.assert_count(1);
     // Hits every half second for longer than the TTL: they must not keep the entry alive.
     for _ in 0..6 {
         sleep(Duration::from_millis(500));
@@ -118,10 +113,10 @@ fn success_and_uncached_statuses_are_never_stored() {
         for _ in 0..2 {
             let reply = envoy.get(&format!("/{status}"), &[("authorization", "Bearer t")]);
             assert_eq!(reply.status, status);
-            assert_eq!(reply.header("x-negcache"), None);
+            assert_eq!(reply.negcache(), None);
         }
     }
-    assert_eq!(upstream.count(), 12);
+    upstream.assert_count(12);
     assert_eq!(envoy.metric("negcache_stores_total"), 0);
 }
 
@@ -134,14 +129,14 @@ fn a_403_is_keyed_by_method_and_path() {
     let auth = bearer("reader");
     envoy.get("/admin", &[("authorization", &auth)]);
     let hit = envoy.get("/admin?page=2", &[("authorization", &auth)]);
-    assert_eq!((hit.status, hit.header("x-negcache")), (403, Some("hit")));
-    assert_eq!(upstream.count(), 1);
+    assert_eq!((hit.status, hit.negcache()), (403, Some("hit")));
+    upstream.assert_count(1);
 
     let other_path = envoy.get("/public", &[("authorization", &auth)]);
-    assert_eq!(other_path.header("x-negcache"), None);
+    assert_eq!(other_path.negcache(), None);
     let other_method = envoy.request("POST", "/admin", &[("authorization", &auth)]);
-    assert_eq!(other_method.header("x-negcache"), None);
-    assert_eq!(upstream.count(), 3);
+    assert_eq!(other_method.negcache(), None);
+    upstream.assert_count(3);
 }
 
 #[test]
@@ -158,17 +153,15 @@ fn a_429_lives_no_longer_than_retry_after_which_counts_down() {
     }
     let (upstream, envoy) = start(json!({}), throttled);
     let auth = bearer("busy");
-    let first = envoy.get("/", &[("authorization", &auth)]);
+    let (first, hit) = envoy.miss_then_hit("/", &[("authorization", &auth)]);
     assert_eq!(first.header("retry-after"), Some("3"));
-    let hit = envoy.get("/", &[("authorization", &auth)]);
-    assert_eq!(hit.header("x-negcache"), Some("hit"));
     let left: u64 = hit.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=3).contains(&left), "retry-after {left}");
-    assert_eq!(upstream.count(), 1);
+    upstream.assert_count(1);
 
     sleep(Duration::from_millis(1_600));
     let later = envoy.get("/", &[("authorization", &auth)]);
-    if later.header("x-negcache") == Some("hit") {
+    if later.negcache() == Some("hit") {
         let now_left: u64 = later.header("retry-after").unwrap().parse().unwrap();
         assert!(now_left < left.max(2), "{now_left} after {left}");
         assert!(now_left >= 1);
@@ -176,13 +169,11 @@ fn a_429_lives_no_longer_than_retry_after_which_counts_down() {
     // The 10 s TTL is cut to the upstream's 3 s.
     sleep(Duration::from_millis(2_000));
     let after_reset = envoy.get("/", &[("authorization", &auth)]);
-    assert_eq!(after_reset.header("x-negcache"), None);
+    assert_eq!(after_reset.negcache(), None);
 
     // An HTTP-date far away: the entry lives its 10 s TTL, and the replay says how long the
     // upstream's reset really is, not the TTL.
-    envoy.get("/date", &[("authorization", &bearer("dated"))]);
-    let dated = envoy.get("/date", &[("authorization", &bearer("dated"))]);
-    assert_eq!(dated.header("x-negcache"), Some("hit"));
+    let (_, dated) = envoy.miss_then_hit("/date", &[("authorization", &bearer("dated"))]);
     let seconds: u64 = dated.header("retry-after").unwrap().parse().unwrap();
     assert!(seconds > 365 * 24 * 3600, "{seconds}");
 }
@@ -200,25 +191,16 @@ fn a_429_is_keyed_by_client_ip_by_default() {
         ..EnvoyOptions::new(upstream.port(), cache_only(json!({})))
     });
     let auth = bearer("shared-token");
-    envoy.get(
+    envoy.miss_then_hit(
         "/",
         &[("authorization", &auth), ("x-forwarded-for", "192.0.2.1")],
     );
-    let same = envoy.get(
-        "/",
-        &[("authorization", &auth), ("x-forwarded-for", "192.0.2.1")],
-    );
-    assert_eq!(same.header("x-negcache"), Some("hit"));
     let other = envoy.get(
         "/",
         &[("authorization", &auth), ("x-forwarded-for", "192.0.2.2")],
     );
-    assert_eq!(
-        other.header("x-negcache"),
-        None,
-        "another caller is not locked out"
-    );
-    assert_eq!(upstream.count(), 2);
+    assert_eq!(other.negcache(), None, "another caller is not locked out");
+    upstream.assert_count(2);
 }
 
 #[test]
@@ -246,7 +228,7 @@ fn an_inactive_credential_is_kept_for_the_inactive_ttl_and_the_marker_is_strippe
     );
     // Keyed by identity alone: another path is a hit too.
     let hit = envoy.get("/b", &[("authorization", "Bearer retired")]);
-    assert_eq!(hit.header("x-negcache"), Some("hit"));
+    assert_eq!(hit.negcache(), Some("hit"));
     assert_eq!(hit.header("x-negcache-inactive"), None);
 
     envoy.get("/a", &[("authorization", "Bearer plain")]);
@@ -255,16 +237,16 @@ fn an_inactive_credential_is_kept_for_the_inactive_ttl_and_the_marker_is_strippe
     assert_eq!(
         envoy
             .get("/a", &[("authorization", "Bearer plain")])
-            .header("x-negcache"),
+            .negcache(),
         None
     );
     assert_eq!(
         envoy
             .get("/c", &[("authorization", "Bearer retired")])
-            .header("x-negcache"),
+            .negcache(),
         Some("hit")
     );
-    assert_eq!(upstream.count(), 3);
+    upstream.assert_count(3);
 }
 
 #[test]
@@ -283,38 +265,19 @@ fn every_credential_source_identifies_the_caller() {
     ];
     for (path, headers) in &cases {
         let before = upstream.count();
-        assert_eq!(
-            envoy.get(path, headers).header("x-negcache"),
-            None,
-            "{path}"
-        );
-        assert_eq!(
-            envoy.get(path, headers).header("x-negcache"),
-            Some("hit"),
-            "{path}"
-        );
+        envoy.miss_then_hit(path, headers);
         assert_eq!(upstream.count(), before + 1, "{path}");
     }
     // Another value in the same source is another identity.
     assert_eq!(
-        envoy
-            .get("/x", &[("cookie", "sessionid=other")])
-            .header("x-negcache"),
+        envoy.get("/x", &[("cookie", "sessionid=other")]).negcache(),
         None
     );
-    assert_eq!(
-        envoy.get("/x?api_key=other", &[]).header("x-negcache"),
-        None
-    );
-    assert_eq!(
-        envoy.get("/other/manifest.json", &[]).header("x-negcache"),
-        None
-    );
+    assert_eq!(envoy.get("/x?api_key=other", &[]).negcache(), None);
+    assert_eq!(envoy.get("/other/manifest.json", &[]).negcache(), None);
     // A query credential in another parameter order is the same credential.
     assert_eq!(
-        envoy
-            .get("/x?page=1&api_key=bad-q", &[])
-            .header("x-negcache"),
+        envoy.get("/x?page=1&api_key=bad-q", &[]).negcache(),
         Some("hit")
     );
 }
@@ -322,7 +285,7 @@ fn every_credential_source_identifies_the_caller() {
 #[test]
 fn tokens_and_virtual_hosts_are_independent() {
     let (upstream, envoy) = start(json!({}), api);
-    envoy.get(
+    envoy.miss_then_hit(
         "/",
         &[("authorization", "Bearer one"), ("host", "a.example")],
     );
@@ -330,18 +293,9 @@ fn tokens_and_virtual_hosts_are_independent() {
         envoy
             .get(
                 "/",
-                &[("authorization", "Bearer one"), ("host", "a.example")]
-            )
-            .header("x-negcache"),
-        Some("hit")
-    );
-    assert_eq!(
-        envoy
-            .get(
-                "/",
                 &[("authorization", "Bearer two"), ("host", "a.example")]
             )
-            .header("x-negcache"),
+            .negcache(),
         None
     );
     assert_eq!(
@@ -350,7 +304,7 @@ fn tokens_and_virtual_hosts_are_independent() {
                 "/",
                 &[("authorization", "Bearer one"), ("host", "b.example")]
             )
-            .header("x-negcache"),
+            .negcache(),
         None
     );
     // The good token is never affected by the bad ones.
@@ -363,43 +317,34 @@ fn tokens_and_virtual_hosts_are_independent() {
             .status,
         200
     );
-    assert_eq!(upstream.count(), 4);
+    upstream.assert_count(4);
 }
 
 #[test]
 fn anonymous_requests_are_not_cached_by_default() {
     let (upstream, envoy) = start(json!({}), api);
     for _ in 0..3 {
-        assert_eq!(envoy.get("/api/me", &[]).header("x-negcache"), None);
+        assert_eq!(envoy.get("/api/me", &[]).negcache(), None);
     }
     // A header on two lines is ambiguous: treated as absent, so not cached either.
     for _ in 0..2 {
         let reply = envoy.request_raw(
             b"GET /api/me HTTP/1.1\r\nhost: x\r\nx-api-key: a\r\nx-api-key: b\r\nconnection: close\r\n\r\n",
         );
-        assert_eq!(reply.header("x-negcache"), None);
+        assert_eq!(reply.negcache(), None);
     }
-    assert_eq!(upstream.count(), 5);
+    upstream.assert_count(5);
     assert_eq!(envoy.metric("negcache_stores_total"), 0);
 }
 
 #[test]
 fn anonymous_caching_keys_on_method_path_and_query() {
     let (upstream, envoy) = start(json!({"negative_cache": {"cache_anonymous": true}}), api);
-    envoy.get("/api/me?a=1", &[]);
-    assert_eq!(
-        envoy.get("/api/me?a=1", &[]).header("x-negcache"),
-        Some("hit")
-    );
-    assert_eq!(envoy.get("/api/me?a=2", &[]).header("x-negcache"), None);
-    assert_eq!(envoy.get("/api/other?a=1", &[]).header("x-negcache"), None);
-    assert_eq!(
-        envoy
-            .request("POST", "/api/me?a=1", &[])
-            .header("x-negcache"),
-        None
-    );
-    assert_eq!(upstream.count(), 4);
+    envoy.miss_then_hit("/api/me?a=1", &[]);
+    assert_eq!(envoy.get("/api/me?a=2", &[]).negcache(), None);
+    assert_eq!(envoy.get("/api/other?a=1", &[]).negcache(), None);
+    assert_eq!(envoy.request("POST", "/api/me?a=1", &[]).negcache(), None);
+    upstream.assert_count(4);
 }
 
 #[test]
@@ -413,11 +358,11 @@ fn disabled_the_filter_stores_nothing_and_strips_private_headers() {
     let (upstream, envoy) = start(json!({"negative_cache": {"enabled": false}}), purging);
     for _ in 0..3 {
         let reply = envoy.get("/", &[("authorization", "Bearer x")]);
-        assert_eq!(reply.header("x-negcache"), None);
+        assert_eq!(reply.negcache(), None);
         assert_eq!(reply.header("x-negcache-purge"), None);
         assert_eq!(reply.header("x-negcache-inactive"), None);
     }
-    assert_eq!(upstream.count(), 3);
+    upstream.assert_count(3);
     assert_eq!(
         envoy.metric("negcache_misses_total"),
         0,
@@ -429,19 +374,14 @@ fn disabled_the_filter_stores_nothing_and_strips_private_headers() {
 fn shadow_mode_looks_up_and_stores_but_never_answers() {
     let (upstream, envoy) = start(json!({"negative_cache": {"shadow": true}}), api);
     let auth = bearer("shadowed");
-    assert_eq!(
-        envoy
-            .get("/", &[("authorization", &auth)])
-            .header("x-negcache"),
-        None
-    );
+    assert_eq!(envoy.get("/", &[("authorization", &auth)]).negcache(), None);
     for _ in 0..3 {
         let reply = envoy.get("/", &[("authorization", &auth)]);
         assert_eq!(reply.status, 401);
-        assert_eq!(reply.header("x-negcache"), Some("shadow-hit"));
+        assert_eq!(reply.negcache(), Some("shadow-hit"));
         assert_eq!(reply.header("age"), None, "the upstream answered");
     }
-    assert_eq!(upstream.count(), 4);
+    upstream.assert_count(4);
     envoy.wait_metric("negcache_shadow_hits_total", 3);
     assert_eq!(envoy.metric("negcache_hits_total"), 0);
     assert_eq!(envoy.count_decisions(4, "shadow-hit"), 3);
@@ -465,23 +405,13 @@ fn a_purge_header_clears_the_credential_and_never_reaches_the_client() {
     let config = json!({"exempt_paths": ["/healthz"]});
     let (upstream, envoy) = start(config, signup);
     let auth = bearer("fresh-token");
-    envoy.get("/api/me", &[("authorization", &auth)]);
-    assert_eq!(
-        envoy
-            .get("/api/me", &[("authorization", &auth)])
-            .header("x-negcache"),
-        Some("hit")
-    );
+    envoy.miss_then_hit("/api/me", &[("authorization", &auth)]);
     let signup = envoy.request("POST", "/signup", &[]);
     assert_eq!(signup.status, 200);
     assert_eq!(signup.header("x-negcache-purge"), None);
     envoy.wait_metric("negcache_purges_total", 1);
     let after = envoy.get("/api/me", &[("authorization", &auth)]);
-    assert_eq!(
-        after.header("x-negcache"),
-        None,
-        "purged: asked the upstream again"
-    );
+    assert_eq!(after.negcache(), None, "purged: asked the upstream again");
     assert_eq!(upstream.count_where(|r| r.path_only() == "/api/me"), 2);
 
     // Stripped on exempt paths too.
@@ -495,17 +425,13 @@ fn exempt_paths_match_whole_normalized_segments() {
     let auth = [("authorization", "Bearer probe")];
     for path in ["/healthz", "/healthz/live", "/%68ealthz"] {
         envoy.get(path, &auth);
-        assert_eq!(envoy.get(path, &auth).header("x-negcache"), None, "{path}");
+        assert_eq!(envoy.get(path, &auth).negcache(), None, "{path}");
     }
-    assert_eq!(upstream.count(), 6);
-    envoy.get("/healthzX", &auth);
-    assert_eq!(
-        envoy.get("/healthzX", &auth).header("x-negcache"),
-        Some("hit")
-    );
+    upstream.assert_count(6);
+    envoy.miss_then_hit("/healthzX", &auth);
     // Not exempt, and (same credential, identity-keyed 401) already cached.
     assert_eq!(
-        envoy.get("/healthz/../login", &auth).header("x-negcache"),
+        envoy.get("/healthz/../login", &auth).negcache(),
         Some("hit")
     );
     assert_eq!(envoy.count_decisions(9, "exempt"), 6);
@@ -518,11 +444,11 @@ fn an_entry_stored_through_one_worker_is_served_by_the_other() {
     envoy.get("/", &[("authorization", &auth)]);
     for _ in 0..40 {
         let reply = envoy.get("/", &[("authorization", &auth)]);
-        assert_eq!(reply.header("x-negcache"), Some("hit"));
+        assert_eq!(reply.negcache(), Some("hit"));
     }
     let (w0, w1) = envoy.worker_connections();
     assert!(w0 > 0 && w1 > 0, "both workers served: {w0} / {w1}");
-    assert_eq!(upstream.count(), 1);
+    upstream.assert_count(1);
 }
 
 #[test]
@@ -544,10 +470,7 @@ fn response_bodies_are_kept_whole_or_replaced_by_the_filters_own() {
     }
     let (upstream, envoy) = start(json!({}), bodies);
     let own_body = |path: &str, token: &str| {
-        let auth = bearer(token);
-        envoy.get(path, &[("authorization", &auth)]);
-        let hit = envoy.get(path, &[("authorization", &auth)]);
-        assert_eq!(hit.header("x-negcache"), Some("hit"), "{path}");
+        let (_, hit) = envoy.miss_then_hit(path, &[("authorization", &bearer(token))]);
         hit
     };
 
@@ -578,16 +501,16 @@ fn response_bodies_are_kept_whole_or_replaced_by_the_filters_own() {
     assert!(!cut.complete);
     envoy.wait_metric("negcache_stores_total", 5);
     let replay = envoy.get("/cut", &[("authorization", &auth)]);
-    assert_eq!(replay.header("x-negcache"), Some("hit"));
+    assert_eq!(replay.negcache(), Some("hit"));
     assert_eq!(replay.json()["status"], 401);
 
     // HEAD: the entry is kept without a body.
     let head_auth = bearer("t-head");
     envoy.request("HEAD", "/x", &[("authorization", &head_auth)]);
     let head_hit = envoy.request("HEAD", "/x", &[("authorization", &head_auth)]);
-    assert_eq!(head_hit.header("x-negcache"), Some("hit"));
+    assert_eq!(head_hit.negcache(), Some("hit"));
     assert!(head_hit.body.is_empty());
-    assert_eq!(upstream.count(), 6);
+    upstream.assert_count(6);
 }
 
 #[test]
@@ -599,20 +522,14 @@ fn a_full_table_stays_bounded_and_keeps_working() {
         let reply = connection.get("/", &[("authorization", &auth)]);
         assert_eq!(reply.status, 401);
     }
-    assert_eq!(upstream.count(), 5_000);
+    upstream.assert_count(5_000);
     let used = envoy.metric("negcache_slots_used");
     assert!(used > 0 && used <= 256, "slots used {used}");
     assert!(envoy.metric("negcache_evictions_total") > 4_000);
     assert_eq!(envoy.metric("negcache_errors_total"), 0);
 
     // Still caching: a new entry is a hit right after.
-    envoy.get("/", &[("authorization", "Bearer after-flood")]);
-    assert_eq!(
-        envoy
-            .get("/", &[("authorization", "Bearer after-flood")])
-            .header("x-negcache"),
-        Some("hit")
-    );
+    envoy.miss_then_hit("/", &[("authorization", "Bearer after-flood")]);
     assert!(!envoy.log().contains("flood-"));
 }
 
@@ -644,13 +561,7 @@ fn hostile_requests_never_break_the_filter() {
         }
     }
     // The filter is alive (FAIL_CLOSED would answer 503 otherwise) and still caching.
-    envoy.get("/", &[("authorization", "Bearer after")]);
-    assert_eq!(
-        envoy
-            .get("/", &[("authorization", "Bearer after")])
-            .header("x-negcache"),
-        Some("hit")
-    );
+    envoy.miss_then_hit("/", &[("authorization", "Bearer after")]);
     assert!(upstream.count() >= 1);
     assert_eq!(envoy.metric("negcache_errors_total"), 0);
 }
@@ -659,24 +570,23 @@ fn hostile_requests_never_break_the_filter() {
 fn responses_to_requests_the_filter_never_saw_are_left_alone() {
     let upstream = Upstream::start(api);
     // RBAC before negcache denies everything with its own 403.
-    let deny_all = r#"
-- name: envoy.filters.http.rbac
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
-    rules:
-      action: ALLOW
-      policies: {}
-"#;
+    let deny_all = json!({
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "ALLOW", "policies": {}}
+        }
+    });
     let envoy = Envoy::start(EnvoyOptions {
-        extra_http_filters: deny_all.to_string(),
+        extra_http_filters: vec![deny_all],
         ..EnvoyOptions::new(upstream.port(), cache_only(json!({})))
     });
     for _ in 0..3 {
         let reply = envoy.get("/", &[("authorization", "Bearer denied")]);
         assert_eq!(reply.status, 403);
-        assert_eq!(reply.header("x-negcache"), None);
+        assert_eq!(reply.negcache(), None);
     }
-    assert_eq!(upstream.count(), 0);
+    upstream.assert_count(0);
     assert_eq!(envoy.metric("negcache_stores_total"), 0);
     assert_eq!(envoy.metric("negcache_errors_total"), 0);
 }
@@ -689,25 +599,8 @@ fn changing_the_epoch_clears_the_cache_without_a_restart() {
         ..EnvoyOptions::new(upstream.port(), cache_only(json!({})))
     });
     let auth = bearer("epoch-token");
-    envoy.get("/", &[("authorization", &auth)]);
-    assert_eq!(
-        envoy
-            .get("/", &[("authorization", &auth)])
-            .header("x-negcache"),
-        Some("hit")
-    );
+    envoy.miss_then_hit("/", &[("authorization", &auth)]);
     envoy.reconfigure(cache_only(json!({"negative_cache": {"epoch": 1}})));
-    assert_eq!(
-        envoy
-            .get("/", &[("authorization", &auth)])
-            .header("x-negcache"),
-        None
-    );
-    assert_eq!(
-        envoy
-            .get("/", &[("authorization", &auth)])
-            .header("x-negcache"),
-        Some("hit")
-    );
-    assert_eq!(upstream.count(), 2);
+    envoy.miss_then_hit("/", &[("authorization", &auth)]);
+    upstream.assert_count(2);
 }

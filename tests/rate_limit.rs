@@ -81,14 +81,13 @@ fn the_block_starts_exactly_at_failure_max_plus_one_across_both_workers() {
     assert!(blocked.json()["error"].is_string());
     // Even the good token: the client is blocked, not the credential.
     assert_eq!(from(&envoy, "198.51.100.7", "good").status, 429);
-    assert_eq!(upstream.count(), 21);
+    upstream.assert_count(21);
     let (w0, w1) = envoy.worker_connections();
     assert!(w0 > 0 && w1 > 0, "both workers counted: {w0} / {w1}");
     envoy.wait_metric("negcache_ratelimit_failures_total", 21);
     assert_eq!(envoy.metric("negcache_ratelimit_blocks_total"), 1);
     assert_eq!(envoy.metric("negcache_ratelimit_rejected_total"), 2);
-    let entries = envoy.wait_access_log(23);
-    let last = entries.last().unwrap();
+    let last = envoy.access_entry(23);
     assert_eq!(last.decision.as_deref(), Some("blocked"));
     assert_eq!(last.client.as_deref(), Some("198.51.100.7"));
 }
@@ -111,7 +110,7 @@ fn other_clients_and_exempt_cidrs_are_unaffected() {
             "exempt"
         );
     }
-    assert_eq!(upstream.count(), 14);
+    upstream.assert_count(14);
 }
 
 #[test]
@@ -121,7 +120,7 @@ fn anonymous_failures_are_not_counted_by_default() {
         let reply = envoy.get("/api/me", &[("x-forwarded-for", "198.51.100.7")]);
         assert_eq!(reply.status, 401);
     }
-    assert_eq!(upstream.count(), 6);
+    upstream.assert_count(6);
     assert_eq!(envoy.metric("negcache_ratelimit_failures_total"), 0);
 
     let (_upstream2, counting) =
@@ -245,7 +244,7 @@ fn shadow_mode_counts_but_never_answers() {
     for n in 0..6 {
         assert_eq!(from(&envoy, "198.51.100.7", &format!("s{n}")).status, 401);
     }
-    assert_eq!(upstream.count(), 6);
+    upstream.assert_count(6);
     envoy.wait_metric("negcache_ratelimit_shadow_rejected_total", 4);
     assert_eq!(envoy.metric("negcache_ratelimit_rejected_total"), 0);
     assert!(envoy.metric("negcache_ratelimit_blocks_total") >= 1);
@@ -288,7 +287,7 @@ fn the_cache_off_leaves_the_limiter_working() {
     for _ in 0..3 {
         from(&envoy, "198.51.100.7", "same-token");
     }
-    assert_eq!(upstream.count(), 3);
+    upstream.assert_count(3);
     assert_eq!(from(&envoy, "198.51.100.7", "same-token").status, 429);
 }
 

@@ -1,4 +1,4 @@
-//! Benchmark floor filters (see `benches/envoy.rs`).
+//! Benchmark floor filters (see `benches/envoy/main.rs`).
 //!
 //! The plugin configuration picks the behaviour:
 //!

@@ -1,0 +1,518 @@
+//! The measured cases: each one an Envoy of its own, set up and checked before measuring, with
+//! the request wrk sends it.
+
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{ClientConnection, Envoy, EnvoyOptions, Response, Upstream, METRICS_SETTLE};
+use crate::Settings;
+
+/// Slots in both tables for `pass` and the memory part.
+pub const CAPACITY: usize = 4096;
+/// The credential of the measured good client, and the measured client itself (TEST-NET-3).
+const GOOD_TOKEN: &str = "Bearer bench-good-token";
+const GOOD_CLIENT: &str = "203.0.113.7";
+/// The failing credential the `hit` and `block` cases replay.
+const BAD_TOKEN: &str = "Bearer bench-bad-token";
+/// Threads (each one keep-alive connection) that send the fill-up requests.
+const FILL_THREADS: usize = 4;
+/// The upstream's 401 body.
+pub const FAIL_BODY: &str = r#"{"error":"invalid token"}"#;
+
+/// The negcache cases that `BENCH_VARIANTS` repeats with another build of the filter.
+pub const VARIANT_CASES: [&str; 3] = ["pass", "hit", "block"];
+
+/// Host-call probes (`bench/floor` probe mode): case name and the floor's `op`.
+pub const PROBES: [(&str, &str); 10] = [
+    ("probe-headers", "headers"),
+    ("probe-header", "header"),
+    ("probe-header-missing", "header_missing"),
+    ("probe-property", "property"),
+    ("probe-set-property", "set_property"),
+    ("probe-set-property-new", "set_property_new"),
+    ("probe-shared-get", "shared_get"),
+    ("probe-shared-set", "shared_set"),
+    ("probe-metric", "metric"),
+    ("probe-time", "time"),
+];
+
+/// The floor's mimic mode: the host calls negcache makes on a good request, and variants.
+pub const PASS_CALL_PROBES: [(&str, &str); 6] = [
+    ("probe-pass-calls", ""),
+    ("probe-pass-calls-with-time", "with_time"),
+    ("probe-pass-calls-response-map", "response_map"),
+    ("probe-pass-calls-without-property", "without_property"),
+    (
+        "probe-pass-calls-without-set-property",
+        "without_set_property",
+    ),
+    ("probe-pass-calls-without-response", "without_response"),
+];
+
+/// The floor's mimic of negcache's replies: its host calls for a hit and for a blocked client,
+/// then the same reply; with the status the reply has.
+pub const REPLY_CALL_PROBES: [(&str, (&str, u16)); 2] = [
+    ("probe-hit-calls", ("hit", 401)),
+    ("probe-block-calls", ("block", 429)),
+];
+
+/// Calls per request in the floor's probe mode (`bench/floor/src/lib.rs`).
+pub const PROBE_TIMES: f64 = 10.0;
+
+/// negcache's metrics worth showing for its cases.
+pub const CACHE_METRICS: &[&str] = &[
+    "negcache_hits_total",
+    "negcache_misses_total",
+    "negcache_stores_total",
+    "negcache_ratelimit_rejected_total",
+    "negcache_errors_total",
+    "negcache_slots_used",
+    "negcache_ratelimit_slots_used",
+];
+
+/// One measured case: its Envoy, already set up, and the request wrk repeats.
+pub struct Case {
+    /// `pass`, or `pass@LABEL` for a variant.
+    pub name: String,
+    /// The case it repeats with another .wasm (`pass` for `pass@LABEL`), else its own name.
+    pub base: &'static str,
+    pub what: String,
+    pub envoy: Envoy,
+    pub path: &'static str,
+    pub headers: Vec<(String, String)>,
+    /// Every measured response must have this status.
+    pub status: u16,
+    /// negcache metrics worth showing for this case.
+    pub metrics: &'static [&'static str],
+}
+
+impl Case {
+    fn header_refs(&self) -> Vec<(&str, &str)> {
+        self.headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// One request by hand before measuring: the case answers what it should.
+    fn probe(&self) {
+        let resp = self.envoy.get(self.path, &self.header_refs());
+        assert_eq!(
+            resp.status, self.status,
+            "{}: probe answered {resp:?}",
+            self.name
+        );
+        match self.base {
+            "hit" => assert_eq!(resp.negcache(), Some("hit"), "{}: {resp:?}", self.name),
+            "block" => assert!(
+                resp.header("retry-after").is_some(),
+                "{}: {resp:?}",
+                self.name
+            ),
+            "pass" => assert_eq!(resp.negcache(), None, "{}: {resp:?}", self.name),
+            _ => {}
+        }
+    }
+}
+
+/// The upstream every case's Envoy routes to: the harness's upstream in lean mode, a fixed
+/// small 200 for every path, except paths under `/fail`, which get a small 401 JSON.
+pub fn upstream() -> Upstream {
+    Upstream::lean(&[
+        (
+            "/fail",
+            Response::new(401)
+                .header("www-authenticate", "Bearer")
+                .json(FAIL_BODY),
+        ),
+        ("/", Response::ok().text("ok")),
+    ])
+}
+
+fn headers(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(n, v)| ((*n).to_string(), (*v).to_string()))
+        .collect()
+}
+
+/// Envoy as every case runs it: access log off, connections balanced over the workers, the
+/// filter from `wasm` (no filter with `None`).
+fn bench_options(upstream: u16, wasm: Option<&Path>, plugin_config: Value) -> EnvoyOptions {
+    EnvoyOptions {
+        access_log: false,
+        // Kernel SO_REUSEPORT hashing spreads wrk's 8 connections unevenly (8/1 happens), which
+        // swings requests/s by a third between identical runs: hand them out evenly instead.
+        listener_extra: json!({"connection_balance_config": {"exact_balance": {}}}),
+        with_filter: wasm.is_some(),
+        wasm: wasm.map(Path::to_path_buf),
+        // The harness default FAIL_CLOSED: a crashing VM shows up as 503s, not as a fast bypass.
+        ..EnvoyOptions::new(upstream, plugin_config)
+    }
+}
+
+/// negcache's configuration in the negcache cases: both tables at `CAPACITY`, entries and
+/// windows that outlive the run, the bench client trusted as a proxy.
+fn negcache_config(rate_limit: Value) -> Value {
+    let mut limit = json!({"capacity": CAPACITY, "window_seconds": 3600});
+    if let (Some(limit), Some(extra)) = (limit.as_object_mut(), rate_limit.as_object()) {
+        limit.extend(extra.clone());
+    }
+    json!({
+        "client_ip": {"trusted_proxies": ["127.0.0.1/32"]},
+        "negative_cache": {
+            "capacity": CAPACITY,
+            "statuses": {"401": {"ttl_seconds": 3600}},
+        },
+        "rate_limit": limit,
+    })
+}
+
+/// The `i`-th distinct client address, from 198.18.0.0/15 (set aside for benchmarks; only
+/// ever written into `X-Forwarded-For`).
+fn client_ip(i: usize) -> String {
+    assert!(i < 1 << 17, "198.18.0.0/15 has 131072 addresses");
+    format!("198.{}.{}.{}", 18 + (i >> 16), (i >> 8) & 255, i & 255)
+}
+
+/// Sends `GET /fail` with credential `Bearer <prefix>-<i>` from client `client_ip(i)` for every
+/// `i` in `range`, over `FILL_THREADS` keep-alive connections; every answer must be the
+/// upstream's 401 (not a hit, not a 429). Returns how long it took.
+pub fn fill(envoy: &Envoy, prefix: &str, range: std::ops::Range<usize>) -> Duration {
+    let started = Instant::now();
+    let port = envoy.port();
+    let chunk = range.len().div_ceil(FILL_THREADS);
+    let handles: Vec<_> = (0..FILL_THREADS)
+        .map(|t| {
+            let from = range.start + t * chunk;
+            let to = (from + chunk).min(range.end);
+            let prefix = prefix.to_string();
+            thread::spawn(move || {
+                let mut conn = ClientConnection::open(port);
+                for i in from..to {
+                    let token = format!("Bearer {prefix}-{i}");
+                    let ip = client_ip(i);
+                    let resp = conn.get(
+                        "/fail",
+                        &[("authorization", &token), ("x-forwarded-for", &ip)],
+                    );
+                    assert_eq!(
+                        (resp.status, resp.negcache()),
+                        (401, None),
+                        "fill request {i} ({ip}) was not answered by the upstream: {resp:?}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("fill thread");
+    }
+    started.elapsed()
+}
+
+/// The memory part's Envoy: both tables at `CAPACITY`, `max_failures` 10 so that no client is
+/// blocked.
+pub fn memory_envoy(upstream: u16, wasm: &Path) -> Envoy {
+    let config = json!({
+        "client_ip": {"trusted_proxies": ["127.0.0.1/32"]},
+        "negative_cache": {"capacity": CAPACITY, "statuses": {"401": {"ttl_seconds": 3600}}},
+        "rate_limit": {"capacity": CAPACITY, "max_failures": 10, "window_seconds": 3600},
+    });
+    Envoy::start(EnvoyOptions {
+        skip_xff_append: true,
+        ..bench_options(upstream, Some(wasm), config)
+    })
+}
+
+/// How a case's Envoy is started.
+#[derive(Clone, Debug)]
+enum Start {
+    /// No wasm filter; with `Some`, Envoy answers itself (`direct_response`, status and body).
+    Plain(Option<(u16, String)>),
+    /// A floor filter (bench/floor) with this configuration.
+    Floor(Value),
+    /// negcache, cache and rate limit on, both tables filled beforehand.
+    Pass,
+    /// negcache with one failing request stored, rate limit off.
+    Hit,
+    /// negcache with `max_failures` 0 and one failure, so the client is blocked.
+    Block,
+}
+
+/// A case before its Envoy is started.
+#[derive(Clone, Debug)]
+struct Spec {
+    name: String,
+    base: &'static str,
+    what: String,
+    start: Start,
+    wasm: Option<PathBuf>,
+    path: &'static str,
+    headers: Vec<(String, String)>,
+    status: u16,
+    metrics: &'static [&'static str],
+}
+
+impl Spec {
+    /// The same case with the filter of `variant`.
+    fn variant(&self, variant: &Variant) -> Spec {
+        Spec {
+            name: format!("{}@{}", self.base, variant.label),
+            what: format!(
+                "`{}` with the filter of variant `{}`",
+                self.base, variant.label
+            ),
+            wasm: Some(variant.wasm.clone()),
+            ..self.clone()
+        }
+    }
+
+    /// Starts its Envoy and sets it up; facts worth reporting go to `notes`.
+    fn start(self, upstream: u16, notes: &mut Vec<String>) -> Case {
+        let wasm = self.wasm.as_deref();
+        let envoy = match &self.start {
+            Start::Plain(direct_response) => Envoy::start(EnvoyOptions {
+                direct_response: direct_response.clone(),
+                ..bench_options(upstream, None, json!({}))
+            }),
+            Start::Floor(config) => Envoy::start(bench_options(upstream, wasm, config.clone())),
+            Start::Pass => {
+                let envoy = Envoy::start(EnvoyOptions {
+                    skip_xff_append: true,
+                    ..bench_options(upstream, wasm, negcache_config(json!({})))
+                });
+                let took = fill(&envoy, "bench-fill", 0..2 * CAPACITY);
+                thread::sleep(METRICS_SETTLE);
+                let (cache, limiter) = (
+                    envoy.metric_now("negcache_slots_used"),
+                    envoy.metric_now("negcache_ratelimit_slots_used"),
+                );
+                notes.push(format!(
+                    "`{}`: before measuring, {} distinct failing tokens from {} distinct \
+                     clients (in {:.1} s) left {cache} of {CAPACITY} cache slots and {limiter} \
+                     of {CAPACITY} client slots in use.",
+                    self.name,
+                    2 * CAPACITY,
+                    2 * CAPACITY,
+                    took.as_secs_f64()
+                ));
+                envoy
+            }
+            Start::Hit => {
+                let mut config = negcache_config(json!({}));
+                config["rate_limit"] = json!({"enabled": false});
+                let envoy = Envoy::start(bench_options(upstream, wasm, config));
+                let first = envoy.get("/fail", &[("authorization", BAD_TOKEN)]);
+                assert_eq!(
+                    first.status, 401,
+                    "{}: storing request: {first:?}",
+                    self.name
+                );
+                envoy.wait_metric("negcache_stores_total", 1);
+                envoy
+            }
+            Start::Block => {
+                let envoy = Envoy::start(bench_options(
+                    upstream,
+                    wasm,
+                    negcache_config(json!({"max_failures": 0, "block_seconds": 3600})),
+                ));
+                let first = envoy.get("/fail", &[("authorization", BAD_TOKEN)]);
+                assert_eq!(
+                    first.status, 401,
+                    "{}: failing request: {first:?}",
+                    self.name
+                );
+                envoy.wait_metric("negcache_ratelimit_blocks_total", 1);
+                envoy
+            }
+        };
+        Case {
+            name: self.name,
+            base: self.base,
+            what: self.what,
+            envoy,
+            path: self.path,
+            headers: self.headers,
+            status: self.status,
+            metrics: self.metrics,
+        }
+    }
+}
+
+/// Every case there is, in measuring order.
+fn all_specs(settings: &Settings) -> Vec<Spec> {
+    let good = headers(&[
+        ("authorization", GOOD_TOKEN),
+        ("x-forwarded-for", GOOD_CLIENT),
+    ]);
+    let bad = headers(&[("authorization", BAD_TOKEN)]);
+    let negcache = Some(settings.negcache_wasm.clone());
+    let floor = Some(settings.floor_wasm.clone());
+    let spec = |name: &'static str,
+                what: &str,
+                start: Start,
+                wasm: &Option<PathBuf>,
+                path: &'static str,
+                headers: &[(String, String)],
+                status: u16| Spec {
+        name: name.to_string(),
+        base: name,
+        what: what.to_string(),
+        metrics: if matches!(start, Start::Pass | Start::Hit | Start::Block) {
+            CACHE_METRICS
+        } else {
+            &[]
+        },
+        start,
+        wasm: wasm.clone(),
+        path,
+        headers: headers.to_vec(),
+        status,
+    };
+    let mut specs = vec![
+        spec(
+            "no-filter",
+            "Envoy without a wasm filter",
+            Start::Plain(None),
+            &None,
+            "/ok",
+            &good,
+            200,
+        ),
+        spec(
+            "noop-wasm",
+            "a proxy-wasm filter that does nothing (bench/floor)",
+            Start::Floor(json!({"mode": "noop"})),
+            &floor,
+            "/ok",
+            &good,
+            200,
+        ),
+        spec(
+            "noop-wasm-2",
+            "the same again: the spread to noop-wasm is the noise floor",
+            Start::Floor(json!({"mode": "noop"})),
+            &floor,
+            "/ok",
+            &good,
+            200,
+        ),
+        spec(
+            "pass",
+            "negcache, cache and rate limit on, good token (upstream 200) from a trusted \
+             X-Forwarded-For, both tables filled beforehand",
+            Start::Pass,
+            &negcache,
+            "/ok",
+            &good,
+            200,
+        ),
+        spec(
+            "hit",
+            "negcache replays a cached 401 (rate limit off)",
+            Start::Hit,
+            &negcache,
+            "/fail",
+            &bad,
+            401,
+        ),
+        spec(
+            "block",
+            "negcache's 429 to a blocked client (max_failures 0, one failure first)",
+            Start::Block,
+            &negcache,
+            "/ok",
+            &headers(&[("authorization", GOOD_TOKEN)]),
+            429,
+        ),
+        spec(
+            "noop-reply",
+            "a proxy-wasm filter that only sends a fixed 401 (bench/floor)",
+            Start::Floor(json!({"mode": "reply"})),
+            &floor,
+            "/fail",
+            &bad,
+            401,
+        ),
+    ];
+    for (name, variant) in PASS_CALL_PROBES {
+        specs.push(spec(
+            name,
+            "floor filter making the host calls negcache makes on a good request, and nothing else",
+            Start::Floor(json!({"mode": "mimic", "variant": variant})),
+            &floor,
+            "/ok",
+            &good,
+            200,
+        ));
+    }
+    for (name, (variant, status)) in REPLY_CALL_PROBES {
+        specs.push(spec(
+            name,
+            "floor filter making the host calls of one of negcache's replies, then sending it",
+            Start::Floor(json!({"mode": "mimic", "variant": variant})),
+            &floor,
+            "/fail",
+            &bad,
+            status,
+        ));
+    }
+    for (name, op) in PROBES {
+        specs.push(spec(
+            name,
+            "floor filter making one kind of host call PROBE_TIMES times per request",
+            Start::Floor(json!({"mode": "probe", "op": op})),
+            &floor,
+            "/ok",
+            &good,
+            200,
+        ));
+    }
+    specs.push(spec(
+        "native-reply",
+        "Envoy's own direct_response 401, no wasm filter",
+        Start::Plain(Some((401, FAIL_BODY.to_string()))),
+        &None,
+        "/fail",
+        &bad,
+        401,
+    ));
+    specs
+}
+
+/// Every case `settings` asks for, started, set up and probed, in measuring order: each
+/// variant of a negcache case right after it (`BENCH_VARIANTS`). Set-up facts worth reporting
+/// go to `notes`.
+pub fn build(settings: &Settings, upstream: u16, notes: &mut Vec<String>) -> Vec<Case> {
+    let specs = all_specs(settings)
+        .into_iter()
+        .filter(|spec| settings.wants(spec.base))
+        .flat_map(|spec| {
+            let variants: Vec<Spec> = if VARIANT_CASES.contains(&spec.base) {
+                settings.variants.iter().map(|v| spec.variant(v)).collect()
+            } else {
+                Vec::new()
+            };
+            std::iter::once(spec).chain(variants)
+        });
+    specs
+        .map(|spec| {
+            let started = Instant::now();
+            let case = spec.start(upstream, notes);
+            case.probe();
+            eprintln!("bench: {} ready in {:.1?}", case.name, started.elapsed());
+            case
+        })
+        .collect()
+}
+
+/// A build of the filter to compare with (`BENCH_VARIANTS`).
+#[derive(Clone, Debug)]
+pub struct Variant {
+    pub label: String,
+    pub wasm: PathBuf,
+}
