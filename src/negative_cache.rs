@@ -280,6 +280,9 @@ pub fn plan_store(
     if expires_ms <= now_ms {
         return None;
     }
+    // A replayed `Retry-After` never points past the entry's own end: from then on the upstream
+    // answers again, and says for itself how long to wait.
+    let reset_ms = reset_ms.min(expires_ms);
     Some(StorePlan {
         shape,
         inactive,
@@ -702,6 +705,32 @@ mod tests {
         assert_eq!(unauthorized.reset_ms, NOW + 5_000);
         let garbage = plan_store(&config, 429, false, false, Some(b"soon"), NOW).unwrap();
         assert_eq!((garbage.reset_ms, garbage.expires_ms), (0, NOW + 10_000));
+    }
+
+    #[test]
+    fn a_far_retry_after_is_replayed_as_at_most_the_entrys_lifetime() {
+        let config = config();
+        for far in [
+            &b"Fri, 31 Dec 9999 23:59:59 GMT"[..],
+            b"99999999999999999999999",
+            b"86400",
+        ] {
+            let unauthorized = plan_store(&config, 401, false, false, Some(far), NOW).unwrap();
+            assert_eq!(unauthorized.expires_ms, NOW + 60_000);
+            assert_eq!(unauthorized.reset_ms, NOW + 60_000);
+            let throttled = plan_store(&config, 429, false, false, Some(far), NOW).unwrap();
+            assert_eq!(throttled.reset_ms, throttled.expires_ms);
+        }
+        let world = World::new(config);
+        world.save("t1", "/", 401, Some("99999999999999999999999"), NOW);
+        let (record, body) = world.find("t1", "/", NOW + 1_500).unwrap();
+        let reply = crate::reply::cache_hit(&record, body.unwrap(), NOW + 1_500);
+        let retry_after = reply
+            .headers
+            .iter()
+            .find(|(name, _)| *name == "retry-after")
+            .map(|(_, value)| value.as_str());
+        assert_eq!(retry_after, Some("59"), "the entry's remaining 58.5 s");
     }
 
     #[test]
