@@ -2,11 +2,11 @@
 //! about itself in shared data (a good request) never needs the time: it is read at most once,
 //! and only when asked for.
 
-use std::cell::Cell;
+use std::cell::OnceCell;
 
 pub struct Clock {
     read: fn() -> u64,
-    value: Cell<Option<u64>>,
+    value: OnceCell<u64>,
 }
 
 impl Clock {
@@ -14,7 +14,7 @@ impl Clock {
     pub fn new(read: fn() -> u64) -> Clock {
         Clock {
             read,
-            value: Cell::new(None),
+            value: OnceCell::new(),
         }
     }
 
@@ -22,17 +22,12 @@ impl Clock {
     pub fn fixed(now_ms: u64) -> Clock {
         Clock {
             read: || 0,
-            value: Cell::new(Some(now_ms)),
+            value: OnceCell::from(now_ms),
         }
     }
 
     pub fn now_ms(&self) -> u64 {
-        if let Some(now) = self.value.get() {
-            return now;
-        }
-        let now = (self.read)();
-        self.value.set(Some(now));
-        now
+        *self.value.get_or_init(self.read)
     }
 }
 

@@ -2,19 +2,38 @@
 //! every request (a client address, reply headers), and `Display` costs several times more
 //! inside the VM.
 
-/// Appends `n` in decimal.
-pub fn push(text: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
+/// A number's decimal digits, on the stack.
+pub struct Digits {
+    bytes: [u8; 20],
+    start: usize,
+}
+
+impl Digits {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+}
+
+/// The decimal digits of `n`.
+pub fn digits(mut n: u64) -> Digits {
+    let mut digits = Digits {
+        bytes: [0; 20],
+        start: 20,
+    };
     loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
+        digits.start -= 1;
+        digits.bytes[digits.start] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    text.extend(digits[start..].iter().map(|&digit| char::from(digit)));
+    digits
+}
+
+/// Appends `n` in decimal.
+pub fn push(text: &mut String, n: u64) {
+    text.extend(digits(n).as_bytes().iter().map(|&digit| char::from(digit)));
 }
 
 /// `n` in decimal.
@@ -34,5 +53,6 @@ mod tests {
         let mut text = String::from("a=");
         super::push(&mut text, 42);
         assert_eq!(text, "a=42");
+        assert_eq!(super::digits(1_048_575).as_bytes(), b"1048575");
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod client_ip;
 pub mod clock;
+pub mod codec;
 pub mod config;
 pub mod config_reader;
 pub mod cors;

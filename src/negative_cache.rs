@@ -4,6 +4,7 @@
 //! that does not belong to its record is never replayed.
 
 use crate::clock::Clock;
+use crate::codec::{read_versioned, Versioned, Writer};
 use crate::config::{KeyShape, NegativeCacheConfig};
 use crate::fingerprint::Fingerprint;
 use crate::http_date::retry_after_reset_ms;
@@ -44,8 +45,6 @@ pub enum Decoded {
 
 impl Record {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RECORD_LEN);
-        out.push(RECORD_VERSION);
         let mut flags = 0;
         if self.inactive {
             flags |= FLAG_INACTIVE;
@@ -53,34 +52,26 @@ impl Record {
         if self.anonymous {
             flags |= FLAG_ANONYMOUS;
         }
-        out.push(flags);
-        out.extend_from_slice(&self.status.to_le_bytes());
-        out.push(self.shape);
-        out.extend_from_slice(&[0, 0, 0]);
-        out.extend_from_slice(&self.epoch.to_le_bytes());
-        out.extend_from_slice(&self.stored_ms.to_le_bytes());
-        out.extend_from_slice(&self.expires_ms.to_le_bytes());
-        out.extend_from_slice(&self.reset_ms.to_le_bytes());
-        out.extend_from_slice(&self.identity.0);
-        out.extend_from_slice(&self.key.0);
-        out
+        Writer::versioned(RECORD_VERSION, RECORD_LEN)
+            .u8(flags)
+            .u16(self.status)
+            .u8(self.shape)
+            .padding(3)
+            .u32(self.epoch)
+            .u64(self.stored_ms)
+            .u64(self.expires_ms)
+            .u64(self.reset_ms)
+            .fingerprint(&self.identity)
+            .fingerprint(&self.key)
+            .finish()
     }
 
     pub fn decode(bytes: &[u8]) -> Decoded {
-        match bytes.first() {
-            None => return Decoded::Empty,
-            Some(&RECORD_VERSION) => {}
-            Some(_) => return Decoded::OtherVersion,
-        }
-        if bytes.len() != RECORD_LEN {
-            return Decoded::Corrupt;
-        }
-        let mut reader = Reader::new(&bytes[1..]);
-        let parsed = (|| {
+        let read = read_versioned(bytes, RECORD_VERSION, |reader| {
             let flags = reader.u8()?;
             let status = reader.u16()?;
             let shape = reader.u8()?;
-            reader.take(3)?;
+            reader.padding(3)?;
             Some(Record {
                 inactive: flags & FLAG_INACTIVE != 0,
                 anonymous: flags & FLAG_ANONYMOUS != 0,
@@ -93,10 +84,12 @@ impl Record {
                 identity: reader.fingerprint()?,
                 key: reader.fingerprint()?,
             })
-        })();
-        match parsed {
-            Some(record) if (400..=499).contains(&record.status) => Decoded::Record(record),
-            _ => Decoded::Corrupt,
+        });
+        match read {
+            Versioned::Empty => Decoded::Empty,
+            Versioned::OtherVersion => Decoded::OtherVersion,
+            Versioned::Value(record) if may_store(record.status) => Decoded::Record(record),
+            Versioned::Value(_) | Versioned::Malformed => Decoded::Corrupt,
         }
     }
 
@@ -119,102 +112,33 @@ pub struct ReplayBody {
 impl ReplayBody {
     pub fn encode(&self) -> Vec<u8> {
         let body_len = self.body.as_ref().map_or(0, Vec::len);
-        let mut out = Vec::with_capacity(40 + body_len);
-        out.push(BODY_VERSION);
-        out.extend_from_slice(&self.key.0);
-        out.extend_from_slice(&self.stored_ms.to_le_bytes());
-        write_optional(&mut out, self.content_type.as_deref());
-        write_optional(&mut out, self.www_authenticate.as_deref());
-        write_optional(&mut out, self.body.as_deref());
-        out
+        Writer::versioned(BODY_VERSION, 40 + body_len)
+            .fingerprint(&self.key)
+            .u64(self.stored_ms)
+            .optional(self.content_type.as_deref())
+            .optional(self.www_authenticate.as_deref())
+            .optional(self.body.as_deref())
+            .finish()
     }
 
     pub fn decode(bytes: &[u8]) -> Option<ReplayBody> {
-        let mut reader = Reader::new(bytes);
-        if reader.u8()? != BODY_VERSION {
-            return None;
+        let read = read_versioned(bytes, BODY_VERSION, |reader| {
+            Some(ReplayBody {
+                key: reader.fingerprint()?,
+                stored_ms: reader.u64()?,
+                content_type: reader.optional()?.map(<[u8]>::to_vec),
+                www_authenticate: reader.optional()?.map(<[u8]>::to_vec),
+                body: reader.optional()?.map(<[u8]>::to_vec),
+            })
+        });
+        match read {
+            Versioned::Value(body) => Some(body),
+            Versioned::Empty | Versioned::OtherVersion | Versioned::Malformed => None,
         }
-        let body = ReplayBody {
-            key: reader.fingerprint()?,
-            stored_ms: reader.u64()?,
-            content_type: reader.optional()?,
-            www_authenticate: reader.optional()?,
-            body: reader.optional()?,
-        };
-        reader.is_done().then_some(body)
     }
 
     pub fn belongs_to(&self, record: &Record) -> bool {
         self.key == record.key && self.stored_ms == record.stored_ms
-    }
-}
-
-fn write_optional(out: &mut Vec<u8>, value: Option<&[u8]>) {
-    match value {
-        None => out.push(0),
-        Some(value) => {
-            out.push(1);
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-            out.extend_from_slice(value);
-        }
-    }
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        Reader { bytes }
-    }
-
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.bytes.len() < n {
-            return None;
-        }
-        let (head, tail) = self.bytes.split_at(n);
-        self.bytes = tail;
-        Some(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.take(N)?.try_into().ok()
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-
-    fn u16(&mut self) -> Option<u16> {
-        self.array().map(u16::from_le_bytes)
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        self.array().map(u32::from_le_bytes)
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        self.array().map(u64::from_le_bytes)
-    }
-
-    fn fingerprint(&mut self) -> Option<Fingerprint> {
-        self.array().map(Fingerprint)
-    }
-
-    fn optional(&mut self) -> Option<Option<Vec<u8>>> {
-        match self.u8()? {
-            0 => Some(None),
-            1 => {
-                let len = self.u32()? as usize;
-                Some(Some(self.take(len)?.to_vec()))
-            }
-            _ => None,
-        }
-    }
-
-    fn is_done(&self) -> bool {
-        self.bytes.is_empty()
     }
 }
 
@@ -280,6 +204,9 @@ pub fn plan_store(
     if expires_ms <= now_ms {
         return None;
     }
+    // A replayed `Retry-After` never points past the entry's own end: from then on the upstream
+    // answers again, and says for itself how long to wait.
+    let reset_ms = reset_ms.min(expires_ms);
     Some(StorePlan {
         shape,
         inactive,
@@ -386,52 +313,45 @@ pub fn store<S: SharedStore>(
     record: &Record,
     body: &ReplayBody,
 ) -> Result<StoreOutcome, StoreError> {
-    let mut outcome = StoreOutcome::default();
     let encoded = record.encode();
-    let written = tables.records.update(store, &record.identity, |slots| {
-        outcome = StoreOutcome::default();
-        let candidate = choose_slot(slots, record, &mut outcome);
-        Some(Write {
-            candidate,
+    let (outcome, index) = tables.records.update(store, &record.identity, |slots| {
+        let (slot, outcome) = choose_slot(slots, record);
+        let write = Write {
+            slot,
             bytes: encoded.clone(),
-        })
+        };
+        ((outcome, slot.index), Some(write))
     })?;
-    if let Some((slot, _)) = written {
-        outcome.newly_used = slot.bytes.is_empty();
-        tables.bodies.write(store, slot.index, &body.encode())?;
-    }
+    tables.bodies.write(store, index, &body.encode())?;
     Ok(outcome)
 }
 
-fn choose_slot(slots: &[Slot; 2], record: &Record, outcome: &mut StoreOutcome) -> usize {
-    let mut free = None;
-    let mut earliest: Option<(usize, u64)> = None;
-    for (position, slot) in slots.iter().enumerate() {
-        match Record::decode(&slot.bytes) {
-            Decoded::Record(existing) => {
-                if existing.key == record.key && existing.epoch == record.epoch {
-                    return position;
-                }
-                if !existing.is_live(record.stored_ms, record.epoch) {
-                    free.get_or_insert(position);
-                } else if earliest.is_none_or(|(_, at)| existing.expires_ms < at) {
-                    earliest = Some((position, existing.expires_ms));
-                }
-            }
-            Decoded::Corrupt => {
-                outcome.corrupt = true;
-                free.get_or_insert(position);
-            }
-            Decoded::Empty | Decoded::OtherVersion => {
-                free.get_or_insert(position);
-            }
-        }
-    }
-    if let Some(position) = free {
-        return position;
-    }
-    outcome.evicted = true;
-    earliest.map_or(0, |(position, _)| position)
+/// The slot `record` goes to, and what storing it there replaces.
+fn choose_slot<'a>(slots: &'a [Slot; 2], record: &Record) -> (&'a Slot, StoreOutcome) {
+    let held = slots.each_ref().map(|slot| Record::decode(&slot.bytes));
+    let same_key = |position: &usize| {
+        matches!(&held[*position], Decoded::Record(existing)
+            if existing.key == record.key && existing.epoch == record.epoch)
+    };
+    let free = |position: &usize| match &held[*position] {
+        Decoded::Record(existing) => !existing.is_live(record.stored_ms, record.epoch),
+        Decoded::Corrupt | Decoded::Empty | Decoded::OtherVersion => true,
+    };
+    let expires = |position: &usize| match &held[*position] {
+        Decoded::Record(existing) => existing.expires_ms,
+        Decoded::Corrupt | Decoded::Empty | Decoded::OtherVersion => 0,
+    };
+    let (position, evicted) = match (0..2).find(same_key).or_else(|| (0..2).find(free)) {
+        Some(position) => (position, false),
+        None => ((0..2).min_by_key(expires).unwrap_or(0), true),
+    };
+    let slot = &slots[position];
+    let outcome = StoreOutcome {
+        evicted,
+        newly_used: slot.bytes.is_empty(),
+        corrupt: held[position] == Decoded::Corrupt,
+    };
+    (slot, outcome)
 }
 
 /// Expires every live entry of `identity` (an upstream said the credential is good now).
@@ -447,8 +367,8 @@ pub fn purge<S: SharedStore>(
     let mut removed = 0;
     // Each pass expires at most one entry; two slots need at most two passes.
     for _ in 0..2 {
-        let written = tables.records.update(store, identity, |slots| {
-            slots.iter().enumerate().find_map(|(position, slot)| {
+        let expired = tables.records.update(store, identity, |slots| {
+            let write = slots.iter().find_map(|slot| {
                 let Decoded::Record(mut record) = Record::decode(&slot.bytes) else {
                     return None;
                 };
@@ -457,12 +377,13 @@ pub fn purge<S: SharedStore>(
                 }
                 record.expires_ms = now_ms;
                 Some(Write {
-                    candidate: position,
+                    slot,
                     bytes: record.encode(),
                 })
-            })
+            });
+            (write.is_some(), write)
         })?;
-        if written.is_none() {
+        if !expired {
             break;
         }
         removed += 1;
@@ -474,6 +395,7 @@ pub fn purge<S: SharedStore>(
 mod tests {
     use super::*;
     use crate::clock::counting;
+    use crate::codec::hostile;
     use crate::config::Config;
     use crate::fingerprint::{Fingerprinter, KeyParts, Who};
     use crate::slots::memory::MemoryStore;
@@ -655,6 +577,44 @@ mod tests {
     }
 
     #[test]
+    fn any_bytes_decode_to_a_record_or_nothing() {
+        let record = Record {
+            inactive: false,
+            anonymous: true,
+            status: 429,
+            shape: 7,
+            epoch: 2,
+            stored_ms: NOW,
+            expires_ms: NOW + 1,
+            reset_ms: NOW + 2,
+            identity: Fingerprint([3; 16]),
+            key: Fingerprint([4; 16]),
+        }
+        .encode();
+        for cut in 1..record.len() {
+            assert_eq!(Record::decode(&record[..cut]), Decoded::Corrupt, "{cut}");
+        }
+        for bytes in hostile::inputs(&record) {
+            if let Decoded::Record(decoded) = Record::decode(&bytes) {
+                assert_eq!(Record::decode(&decoded.encode()), Decoded::Record(decoded));
+            }
+        }
+        let body = ReplayBody {
+            key: Fingerprint([5; 16]),
+            stored_ms: NOW,
+            content_type: Some(b"text/plain".to_vec()),
+            www_authenticate: None,
+            body: Some(b"denied".to_vec()),
+        }
+        .encode();
+        for bytes in hostile::inputs(&body) {
+            if let Some(decoded) = ReplayBody::decode(&bytes) {
+                assert_eq!(ReplayBody::decode(&decoded.encode()), Some(decoded));
+            }
+        }
+    }
+
+    #[test]
     fn plans_follow_status_rules() {
         let config = config();
         let plan = plan_store(&config, 401, false, false, None, NOW).unwrap();
@@ -702,6 +662,32 @@ mod tests {
         assert_eq!(unauthorized.reset_ms, NOW + 5_000);
         let garbage = plan_store(&config, 429, false, false, Some(b"soon"), NOW).unwrap();
         assert_eq!((garbage.reset_ms, garbage.expires_ms), (0, NOW + 10_000));
+    }
+
+    #[test]
+    fn a_far_retry_after_is_replayed_as_at_most_the_entrys_lifetime() {
+        let config = config();
+        for far in [
+            &b"Fri, 31 Dec 9999 23:59:59 GMT"[..],
+            b"99999999999999999999999",
+            b"86400",
+        ] {
+            let unauthorized = plan_store(&config, 401, false, false, Some(far), NOW).unwrap();
+            assert_eq!(unauthorized.expires_ms, NOW + 60_000);
+            assert_eq!(unauthorized.reset_ms, NOW + 60_000);
+            let throttled = plan_store(&config, 429, false, false, Some(far), NOW).unwrap();
+            assert_eq!(throttled.reset_ms, throttled.expires_ms);
+        }
+        let world = World::new(config);
+        world.save("t1", "/", 401, Some("99999999999999999999999"), NOW);
+        let (record, body) = world.find("t1", "/", NOW + 1_500).unwrap();
+        let reply = crate::reply::cache_hit(&record, body.unwrap(), NOW + 1_500);
+        let retry_after = reply
+            .headers
+            .iter()
+            .find(|(name, _)| *name == "retry-after")
+            .map(|(_, value)| value.as_str());
+        assert_eq!(retry_after, Some("59"), "the entry's remaining 58.5 s");
     }
 
     #[test]
@@ -844,6 +830,44 @@ mod tests {
             .unwrap(),
             0
         );
+    }
+
+    #[test]
+    fn the_outcome_is_that_of_the_write_that_went_through() {
+        // One bucket: every identity has the same two slots.
+        let world = World::new(small(2));
+        let corrupt = [RECORD_VERSION, 1, 2, 3];
+        for index in [0, 1] {
+            world.tables.records.plant(&world.store, index, &corrupt);
+        }
+        let other = Record {
+            inactive: false,
+            anonymous: false,
+            status: 401,
+            shape: KeyShape::IDENTITY_ONLY.to_bits(),
+            epoch: world.config.epoch,
+            stored_ms: NOW,
+            expires_ms: NOW + 60_000,
+            reset_ms: 0,
+            identity: world.identity("t2"),
+            key: Fingerprint([7; 16]),
+        };
+        // Between the first read and its write, other workers store live entries over the
+        // corrupt bytes that write was about to replace: the retry must evict one of them.
+        let records = world.tables.records.clone();
+        *world.store.interloper.borrow_mut() = Some(Box::new(move |store| {
+            for index in [0, 1] {
+                records.plant(store, index, &other.encode());
+            }
+        }));
+        let outcome = world.save("t1", "/", 401, None, NOW + 1);
+        let evicted = StoreOutcome {
+            evicted: true,
+            newly_used: false,
+            corrupt: false,
+        };
+        assert_eq!(outcome, evicted);
+        assert!(world.find("t1", "/", NOW + 2).is_some());
     }
 
     #[test]

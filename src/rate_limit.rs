@@ -4,6 +4,7 @@
 //! numbers and times; the records live in a bounded slot table in shared data.
 
 use crate::clock::Clock;
+use crate::codec::{read_versioned, Versioned, Writer};
 use crate::config::RateLimitConfig;
 use crate::fingerprint::Fingerprint;
 use crate::slots::{SharedStore, Slot, SlotTable, StoreError, Write};
@@ -36,41 +37,36 @@ enum Decoded {
 
 impl ClientRecord {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RECORD_LEN);
-        out.push(RECORD_VERSION);
-        out.extend_from_slice(&[0, 0, 0]);
-        out.extend_from_slice(&self.epoch.to_le_bytes());
-        out.extend_from_slice(&self.client.0);
-        out.extend_from_slice(&self.window_start_ms.to_le_bytes());
-        out.extend_from_slice(&self.failures.to_le_bytes());
-        out.extend_from_slice(&self.inflight.to_le_bytes());
-        out.extend_from_slice(&self.block_until_ms.to_le_bytes());
-        out.extend_from_slice(&self.block_len_ms.to_le_bytes());
-        out
+        Writer::versioned(RECORD_VERSION, RECORD_LEN)
+            .padding(3)
+            .u32(self.epoch)
+            .fingerprint(&self.client)
+            .u64(self.window_start_ms)
+            .u32(self.failures)
+            .u32(self.inflight)
+            .u64(self.block_until_ms)
+            .u64(self.block_len_ms)
+            .finish()
     }
 
     fn decode(bytes: &[u8]) -> Decoded {
-        if bytes.is_empty() {
-            return Decoded::Empty;
+        let read = read_versioned(bytes, RECORD_VERSION, |reader| {
+            reader.padding(3)?;
+            Some(ClientRecord {
+                epoch: reader.u32()?,
+                client: reader.fingerprint()?,
+                window_start_ms: reader.u64()?,
+                failures: reader.u32()?,
+                inflight: reader.u32()?,
+                block_until_ms: reader.u64()?,
+                block_len_ms: reader.u64()?,
+            })
+        });
+        match read {
+            Versioned::Empty => Decoded::Empty,
+            Versioned::Value(record) => Decoded::Record(record),
+            Versioned::OtherVersion | Versioned::Malformed => Decoded::Unreadable,
         }
-        if bytes.len() != RECORD_LEN || bytes[0] != RECORD_VERSION {
-            return Decoded::Unreadable;
-        }
-        let u32_at = |at: usize| {
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-        };
-        let u64_at = |at: usize| (u64::from(u32_at(at + 4)) << 32) | u64::from(u32_at(at));
-        let mut client = [0u8; 16];
-        client.copy_from_slice(&bytes[8..24]);
-        Decoded::Record(ClientRecord {
-            epoch: u32_at(4),
-            client: Fingerprint(client),
-            window_start_ms: u64_at(24),
-            failures: u32_at(32),
-            inflight: u32_at(36),
-            block_until_ms: u64_at(40),
-            block_len_ms: u64_at(48),
-        })
     }
 
     pub fn blocked_at(&self, now_ms: u64) -> bool {
@@ -155,17 +151,17 @@ pub fn table(capacity: u32) -> SlotTable {
     SlotTable::new("negcache/limit", capacity)
 }
 
-fn own_position(
-    slots: &[Slot; 2],
+/// The slot holding this client's record, and the record.
+fn own_slot<'a>(
+    slots: &'a [Slot; 2],
     client: &Fingerprint,
     epoch: u32,
-) -> Option<(usize, ClientRecord)> {
+) -> Option<(&'a Slot, ClientRecord)> {
     slots
         .iter()
-        .enumerate()
-        .find_map(|(position, slot)| match ClientRecord::decode(&slot.bytes) {
+        .find_map(|slot| match ClientRecord::decode(&slot.bytes) {
             Decoded::Record(record) if record.client == *client && record.epoch == epoch => {
-                Some((position, record))
+                Some((slot, record))
             }
             _ => None,
         })
@@ -180,34 +176,31 @@ pub fn admit<S: SharedStore>(
     client: &Fingerprint,
     clock: &Clock,
 ) -> Result<Admission, StoreError> {
-    let mut admission = Admission::Pass;
     table.update(store, client, |slots| {
-        admission = Admission::Pass;
-        let (position, mut record) = own_position(slots, client, config.epoch)?;
+        let Some((slot, mut record)) = own_slot(slots, client, config.epoch) else {
+            return (Admission::Pass, None);
+        };
         let now_ms = clock.now_ms();
         if record.blocked_at(now_ms) {
-            admission = Admission::Blocked {
-                until_ms: record.block_until_ms,
-            };
-            return None;
+            let until_ms = record.block_until_ms;
+            return (Admission::Blocked { until_ms }, None);
         }
         if !record.window_live(now_ms, config) {
-            return None;
+            return (Admission::Pass, None);
         }
         if record.inflight >= record.inflight_limit(config) {
-            admission = Admission::InflightFull;
-            return None;
+            return (Admission::InflightFull, None);
         }
         record.inflight += 1;
-        admission = Admission::Reserved {
+        let reserved = Admission::Reserved {
             window_start_ms: record.window_start_ms,
         };
-        Some(Write {
-            candidate: position,
+        let write = Write {
+            slot,
             bytes: record.encode(),
-        })
-    })?;
-    Ok(admission)
+        };
+        (reserved, Some(write))
+    })
 }
 
 /// What the end of a request changed.
@@ -233,60 +226,62 @@ pub fn finish<S: SharedStore>(
     failed: bool,
     reservation: Option<u64>,
 ) -> Result<Outcome, StoreError> {
-    let mut outcome = Outcome::default();
-    let written = table.update(store, client, |slots| {
-        outcome = Outcome::default();
-        if let Some((position, mut record)) = own_position(slots, client, config.epoch) {
+    table.update(store, client, |slots| {
+        if let Some((slot, mut record)) = own_slot(slots, client, config.epoch) {
             let before = record;
             if reservation.is_some_and(|start| start == record.window_start_ms) {
                 record.inflight = record.inflight.saturating_sub(1);
             }
+            let mut outcome = Outcome::default();
             if failed && !record.blocked_at(now_ms) {
                 outcome.counted = true;
                 outcome.block_ms = record.count_failure(now_ms, config);
             }
-            return (record != before).then(|| Write {
-                candidate: position,
+            let write = (record != before).then(|| Write {
+                slot,
                 bytes: record.encode(),
             });
+            return (outcome, write);
         }
         if !failed {
-            return None;
+            return (Outcome::default(), None);
         }
         let mut record = ClientRecord {
             epoch: config.epoch,
             client: *client,
             ..ClientRecord::default()
         };
-        outcome.counted = true;
-        outcome.block_ms = record.count_failure(now_ms, config);
-        let Some(position) = place_new(slots, &record, now_ms, config) else {
-            outcome = Outcome {
+        let block_ms = record.count_failure(now_ms, config);
+        let Some(slot) = place_new(slots, &record, now_ms, config) else {
+            let untracked = Outcome {
                 untracked: true,
                 ..Outcome::default()
             };
-            return None;
+            return (untracked, None);
         };
-        Some(Write {
-            candidate: position,
+        let outcome = Outcome {
+            counted: true,
+            block_ms,
+            newly_used: slot.bytes.is_empty(),
+            untracked: false,
+        };
+        let write = Write {
+            slot,
             bytes: record.encode(),
-        })
-    })?;
-    if let Some((slot, _)) = written {
-        outcome.newly_used = slot.bytes.is_empty();
-    }
-    Ok(outcome)
+        };
+        (outcome, Some(write))
+    })
 }
 
 /// Where a new client goes: an empty or unreadable slot, else an expired one, else the live
 /// one with fewer failures. A live block is replaced only by another block (the one ending
 /// first), so rotating addresses cannot wipe other clients' blocks.
-fn place_new(
-    slots: &[Slot; 2],
+fn place_new<'a>(
+    slots: &'a [Slot; 2],
     new: &ClientRecord,
     now_ms: u64,
     config: &RateLimitConfig,
-) -> Option<usize> {
+) -> Option<&'a Slot> {
     let new_is_block = new.blocked_at(now_ms);
     let rank = |slot: &Slot| -> Option<(u8, u64)> {
         match ClientRecord::decode(&slot.bytes) {
@@ -298,18 +293,19 @@ fn place_new(
             Decoded::Record(_) => None,
         }
     };
+    // The first of equally ranked slots.
     slots
         .iter()
-        .enumerate()
-        .filter_map(|(position, slot)| rank(slot).map(|r| (r, position)))
-        .min()
-        .map(|(_, position)| position)
+        .filter_map(|slot| rank(slot).map(|rank| (rank, slot)))
+        .min_by_key(|(rank, _)| *rank)
+        .map(|(_, slot)| slot)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock::counting;
+    use crate::codec::hostile;
     use crate::config::Config;
     use crate::slots::memory::MemoryStore;
 
@@ -400,6 +396,31 @@ mod tests {
         assert_eq!(ClientRecord::decode(&bytes), Decoded::Record(record));
         assert_eq!(ClientRecord::decode(&bytes[..10]), Decoded::Unreadable);
         assert_eq!(ClientRecord::decode(b""), Decoded::Empty);
+    }
+
+    #[test]
+    fn any_bytes_decode_to_a_record_or_nothing() {
+        let record = ClientRecord {
+            epoch: 1,
+            client: client(4),
+            window_start_ms: T0,
+            failures: 2,
+            inflight: 1,
+            block_until_ms: T0 + 5,
+            block_len_ms: 5,
+        }
+        .encode();
+        for cut in 1..record.len() {
+            assert_eq!(ClientRecord::decode(&record[..cut]), Decoded::Unreadable);
+        }
+        for bytes in hostile::inputs(&record) {
+            if let Decoded::Record(decoded) = ClientRecord::decode(&bytes) {
+                assert_eq!(
+                    ClientRecord::decode(&decoded.encode()),
+                    Decoded::Record(decoded)
+                );
+            }
+        }
     }
 
     #[test]
@@ -628,6 +649,32 @@ mod tests {
             limiter.admit(2, T0 + 1),
             Admission::Pass,
             "the lighter one was replaced"
+        );
+    }
+
+    #[test]
+    fn a_failure_counted_by_a_write_that_lost_its_race_is_not_reported() {
+        let limiter = Limiter::new(r#"{"rate_limit": {"max_failures": 0, "capacity": 2}}"#);
+        // While this worker writes the client's first failure (a block, with max_failures 0),
+        // another worker blocks the same client first: this failure falls inside that block.
+        let theirs = ClientRecord {
+            epoch: limiter.config.epoch,
+            client: client(1),
+            block_until_ms: T0 + 99_000,
+            block_len_ms: 99_000,
+            ..ClientRecord::default()
+        };
+        let table = limiter.table.clone();
+        *limiter.store.interloper.borrow_mut() = Some(Box::new(move |store| {
+            table.plant(store, 0, &theirs.encode())
+        }));
+        let outcome = limiter.fail(1, T0, None);
+        assert_eq!(outcome, Outcome::default(), "not counted, no block started");
+        assert_eq!(
+            limiter.admit(1, T0 + 1),
+            Admission::Blocked {
+                until_ms: T0 + 99_000
+            }
         );
     }
 

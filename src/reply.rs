@@ -43,9 +43,11 @@ pub fn cache_hit(record: &Record, replay: ReplayBody, now_ms: u64) -> LocalReply
     let age = now_ms.saturating_sub(record.stored_ms) / 1000;
     headers.push(("age", decimal::string(age)));
     if record.reset_ms != 0 {
+        // Never past the entry's own end, whoever wrote the record.
+        let reset_ms = record.reset_ms.min(record.expires_ms);
         headers.push((
             "retry-after",
-            decimal::string(seconds_until(record.reset_ms, now_ms)),
+            decimal::string(seconds_until(reset_ms, now_ms)),
         ));
     }
     LocalReply {
@@ -163,6 +165,9 @@ mod tests {
         assert_eq!(at(NOW + 9_001).as_deref(), Some("10"));
         assert_eq!(at(NOW + 1).as_deref(), Some("1"));
         assert_eq!(at(NOW - 5_000).as_deref(), Some("1"));
+        // The record expires at NOW + 60 s: a later reset is replayed as the entry's end.
+        assert_eq!(at(NOW + 3_600_000).as_deref(), Some("60"));
+        assert_eq!(at(u64::MAX).as_deref(), Some("60"));
     }
 
     #[test]

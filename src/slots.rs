@@ -5,6 +5,8 @@
 //! share a bucket. The set of keys never grows past the capacity (shared data cannot delete
 //! keys).
 
+use crate::codec::{Reader, TooLong, Writer};
+use crate::decimal;
 use crate::fingerprint::Fingerprint;
 
 /// Shared data as the filter needs it. Envoy's implementation lives in `host::store`;
@@ -40,10 +42,10 @@ pub struct Slot {
     pub cas: u32,
 }
 
-/// What an update decided to write into one of the candidate slots.
-pub struct Write {
-    /// Position in the candidates array.
-    pub candidate: usize,
+/// What an update decided to write: new bytes for one of the candidate slots it was given
+/// (`slot` borrows from them, so it cannot name another).
+pub struct Write<'a> {
+    pub slot: &'a Slot,
     pub bytes: Vec<u8>,
 }
 
@@ -64,22 +66,11 @@ impl SlotKey {
         let prefix = &prefix.as_bytes()[..prefix.len().min(32)];
         key.bytes[..prefix.len()].copy_from_slice(prefix);
         key.bytes[prefix.len()] = b'/';
-        key.len = prefix.len() + 1;
-        let mut digits = [0u8; 10];
-        let mut rest = n;
-        let mut count = 0;
-        loop {
-            digits[count] = b'0' + (rest % 10) as u8;
-            count += 1;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        for digit in digits[..count].iter().rev() {
-            key.bytes[key.len] = *digit;
-            key.len += 1;
-        }
+        let digits = decimal::digits(u64::from(n));
+        let digits = digits.as_bytes();
+        let end = prefix.len() + 1 + digits.len();
+        key.bytes[prefix.len() + 1..end].copy_from_slice(digits);
+        key.len = end;
         key
     }
 }
@@ -92,35 +83,30 @@ impl std::ops::Deref for SlotKey {
     }
 }
 
-/// The two ways of a bucket, each prefixed by its length (u16, little endian). An empty value
-/// (a bucket created but never written) is two empty slots.
+/// The two ways of a bucket, each a short byte string (u16 length, then the bytes). An empty
+/// value (a bucket created but never written) is two empty slots.
 fn decode_bucket(value: &[u8]) -> [Vec<u8>; 2] {
     let mut ways: [Vec<u8>; 2] = Default::default();
-    let mut rest = value;
+    let mut reader = Reader::new(value);
     for way in &mut ways {
-        let Some((length, tail)) = rest.split_first_chunk::<2>() else {
-            // Too short to hold another way: the rest reads as empty slots, which the next
-            // write replaces with a well-formed bucket.
-            break;
-        };
-        let length = usize::from(u16::from_le_bytes(*length));
-        let Some((bytes, tail)) = tail.split_at_checked(length) else {
+        // A way cut short reads, like the ones after it, as an empty slot, which the next
+        // write replaces with a well-formed bucket.
+        let Some(bytes) = reader.short_bytes() else {
             break;
         };
         *way = bytes.to_vec();
-        rest = tail;
     }
     ways
 }
 
 fn encode_bucket(ways: &[Vec<u8>; 2]) -> Result<Vec<u8>, StoreError> {
-    let mut value = Vec::with_capacity(ways.iter().map(|way| way.len() + 2).sum());
+    let mut writer = Writer::unversioned(ways.iter().map(|way| way.len() + 2).sum());
     for way in ways {
-        let length = u16::try_from(way.len()).map_err(|_| StoreError::Oversized)?;
-        value.extend_from_slice(&length.to_le_bytes());
-        value.extend_from_slice(way);
+        writer
+            .short_bytes(way)
+            .map_err(|TooLong| StoreError::Oversized)?;
     }
-    Ok(value)
+    Ok(writer.finish())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,29 +180,28 @@ impl SlotTable {
         ])
     }
 
-    /// Read both candidates, let `decide` choose what to write, write it with the CAS read;
-    /// on a conflict start over. `decide` returning `None` means nothing to write.
-    /// Returns what was written (candidate slot as read before the write, new bytes).
-    pub fn update<S, F>(
+    /// Reads both candidates and lets `decide` return its result and what to write (`None`:
+    /// nothing), then writes that with the CAS read; on a conflict, starts over with a fresh
+    /// read and a fresh decision. Returns the result of the decision that held: the one whose
+    /// write went through, or that wrote nothing.
+    pub fn update<S, T, F>(
         &self,
         store: &S,
         fp: &Fingerprint,
         mut decide: F,
-    ) -> Result<Option<(Slot, Vec<u8>)>, StoreError>
+    ) -> Result<T, StoreError>
     where
         S: SharedStore,
-        F: FnMut(&[Slot; 2]) -> Option<Write>,
+        F: FnMut(&[Slot; 2]) -> (T, Option<Write<'_>>),
     {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let slots = self.read_candidates(store, fp)?;
-            let Some(write) = decide(&slots) else {
-                return Ok(None);
+            let (result, write) = decide(&slots);
+            let Some(write) = write else {
+                return Ok(result);
             };
-            let Some(slot) = slots.get(write.candidate) else {
-                return Ok(None);
-            };
-            match self.write_slot(store, &slots, slot.index, &write.bytes) {
-                Ok(()) => return Ok(Some((slot.clone(), write.bytes))),
+            match self.write_slot(store, &slots, write.slot.index, &write.bytes) {
+                Ok(()) => return Ok(result),
                 Err(StoreError::CasMismatch) => continue,
                 Err(error) => return Err(error),
             }
@@ -263,7 +248,8 @@ impl SlotTable {
                 created += 1;
             }
         }
-        store.set(&marker, self.capacity.to_string().as_bytes(), 0)?;
+        let capacity = decimal::string(u64::from(self.capacity));
+        store.set(&marker, capacity.as_bytes(), 0)?;
         Ok(created)
     }
 
@@ -317,12 +303,17 @@ pub mod memory {
     use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
 
+    /// Another writer's change, made to the store before a write of this one.
+    pub type Interloper = Box<dyn FnOnce(&MemoryStore)>;
+
     #[derive(Default)]
     pub struct MemoryStore {
         pub map: RefCell<HashMap<String, (Vec<u8>, u32)>>,
         next_cas: Cell<u32>,
-        /// Before each of the next N writes, another writer changes the key first.
+        /// Before each of the next N writes, another writer rewrites the key as it is.
         pub conflicts: Cell<usize>,
+        /// Before the next write to an existing key, another writer makes this change.
+        pub interloper: RefCell<Option<Interloper>>,
         pub fail_host: Cell<bool>,
         pub writes: Cell<usize>,
     }
@@ -358,6 +349,12 @@ pub mod memory {
             if self.fail_host.get() {
                 return Err(StoreError::Host);
             }
+            if self.map.borrow().contains_key(key) {
+                let interloper = self.interloper.borrow_mut().take();
+                if let Some(interloper) = interloper {
+                    interloper(self);
+                }
+            }
             if self.conflicts.get() > 0 && self.map.borrow().contains_key(key) {
                 self.conflicts.set(self.conflicts.get() - 1);
                 let current = self.map.borrow().get(key).map(|(v, _)| v.clone());
@@ -381,6 +378,7 @@ pub mod memory {
 mod tests {
     use super::memory::MemoryStore;
     use super::*;
+    use crate::codec::hostile;
 
     fn fp(n: u8) -> Fingerprint {
         let mut bytes = [0u8; 16];
@@ -389,14 +387,17 @@ mod tests {
         Fingerprint(bytes)
     }
 
-    fn append(tag: u8) -> impl FnMut(&[Slot; 2]) -> Option<Write> {
+    /// Appends `tag` to the first candidate; the result is the bytes it found there.
+    fn append(tag: u8) -> impl FnMut(&[Slot; 2]) -> (Vec<u8>, Option<Write<'_>>) {
         move |slots| {
-            let mut bytes = slots[0].bytes.clone();
+            let found = slots[0].bytes.clone();
+            let mut bytes = found.clone();
             bytes.push(tag);
-            Some(Write {
-                candidate: 0,
+            let write = Write {
+                slot: &slots[0],
                 bytes,
-            })
+            };
+            (found, Some(write))
         }
     }
 
@@ -453,17 +454,19 @@ mod tests {
         table.create_slots(&store).unwrap();
         let write = |candidate: usize, bytes: &'static [u8]| {
             table
-                .update(&store, &fp(1), |_| {
-                    Some(Write {
-                        candidate,
+                .update(&store, &fp(1), |slots| {
+                    let slot = &slots[candidate];
+                    let write = Write {
+                        slot,
                         bytes: bytes.to_vec(),
-                    })
+                    };
+                    (slot.bytes.clone(), Some(write))
                 })
                 .unwrap()
         };
         write(1, b"second");
-        let (before, _) = write(0, b"first").unwrap();
-        assert!(before.bytes.is_empty());
+        let before = write(0, b"first");
+        assert!(before.is_empty());
         let [a, b] = table.read_candidates(&store, &fp(1)).unwrap();
         assert_eq!(
             (a.bytes.as_slice(), b.bytes.as_slice()),
@@ -485,15 +488,31 @@ mod tests {
     }
 
     #[test]
+    fn any_bytes_decode_to_two_slots() {
+        let bucket = encode_bucket(&[b"first".to_vec(), b"second slot".to_vec()]).unwrap();
+        assert_eq!(
+            decode_bucket(&bucket),
+            [b"first".to_vec(), b"second slot".to_vec()]
+        );
+        assert_eq!(decode_bucket(&bucket[..9]), [b"first".to_vec(), Vec::new()]);
+        for bytes in hostile::inputs(&bucket) {
+            let ways = decode_bucket(&bytes);
+            assert!(ways.iter().map(Vec::len).sum::<usize>() <= bytes.len());
+            assert_eq!(decode_bucket(&encode_bucket(&ways).unwrap()), ways);
+        }
+    }
+
+    #[test]
     fn an_oversized_slot_is_refused() {
         let store = MemoryStore::default();
         let table = SlotTable::new("t", 8);
         let huge = vec![1u8; 70_000];
-        let result = table.update(&store, &fp(1), |_| {
-            Some(Write {
-                candidate: 0,
+        let result = table.update(&store, &fp(1), |slots| {
+            let write = Write {
+                slot: &slots[0],
                 bytes: huge.clone(),
-            })
+            };
+            ((), Some(write))
         });
         assert_eq!(result, Err(StoreError::Oversized));
     }
@@ -518,6 +537,47 @@ mod tests {
         table.update(&store, &fp(1), append(b'b')).unwrap();
         let [slot, _] = table.read_candidates(&store, &fp(1)).unwrap();
         assert_eq!(slot.bytes, b"ab");
+    }
+
+    #[test]
+    fn the_result_is_the_decision_of_the_attempt_that_wrote() {
+        let store = MemoryStore::default();
+        let table = SlotTable::new("t", 8);
+        table.create_slots(&store).unwrap();
+        let index = table.candidates(&fp(1))[0];
+        let theirs = table.clone();
+        *store.interloper.borrow_mut() = Some(Box::new(move |store| {
+            theirs.plant(store, index, b"theirs ")
+        }));
+        let mut decisions = 0;
+        let mut append_mine = append(b'!');
+        let found = table
+            .update(&store, &fp(1), |slots| {
+                decisions += 1;
+                append_mine(slots)
+            })
+            .unwrap();
+        assert_eq!(
+            decisions, 2,
+            "the first write met the other writer's change"
+        );
+        assert_eq!(
+            found, b"theirs ",
+            "what the second decision saw, not the first"
+        );
+        let [slot, _] = table.read_candidates(&store, &fp(1)).unwrap();
+        assert_eq!(slot.bytes, b"theirs !");
+    }
+
+    #[test]
+    fn a_decision_to_write_nothing_is_returned_without_a_write() {
+        let store = MemoryStore::default();
+        let table = SlotTable::new("t", 8);
+        table.create_slots(&store).unwrap();
+        let writes = store.writes.get();
+        let result = table.update(&store, &fp(1), |_| ("nothing to do", None));
+        assert_eq!(result, Ok("nothing to do"));
+        assert_eq!(store.writes.get(), writes);
     }
 
     #[test]
