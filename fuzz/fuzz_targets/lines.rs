@@ -7,7 +7,9 @@ pub fn split(data: &[u8]) -> (&[u8], Vec<(&[u8], &[u8])>) {
     let headers = lines
         .filter_map(|line| {
             let colon = line.iter().position(|&b| b == b':')?;
-            let value = line[colon + 1..].strip_prefix(b" ").unwrap_or(&line[colon + 1..]);
+            let value = line[colon + 1..]
+                .strip_prefix(b" ")
+                .unwrap_or(&line[colon + 1..]);
             Some((&line[..colon], value))
         })
         .collect();

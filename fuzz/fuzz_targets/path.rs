@@ -14,7 +14,9 @@ fuzz_target!(|raw: &str| {
         for escape in ["%2f", "%5c", "%2e", "%3b", "%00", "%25", ";", "\\"] {
             assert!(!lower.contains(escape), "{raw:?} exempt with {escape}");
         }
-        assert!(exempt.iter().any(|prefix| path::is_under(&normalized, prefix)));
+        assert!(exempt
+            .iter()
+            .any(|prefix| path::is_under(&normalized, prefix)));
     }
     let _ = path::segment(raw, 0);
     let _ = path::query_only(raw);

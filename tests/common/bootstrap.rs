@@ -86,6 +86,9 @@ pub struct EnvoyOptions {
     /// Merged ([`merge`]) into the listener, e.g.
     /// `json!({"connection_balance_config": {"exact_balance": {}}})`.
     pub listener_extra: Value,
+    /// Merged ([`merge`]) into the HTTP connection manager, e.g.
+    /// `json!({"max_request_headers_kb": 96})`.
+    pub connection_manager_extra: Value,
 }
 
 impl Default for EnvoyOptions {
@@ -109,6 +112,7 @@ impl Default for EnvoyOptions {
             direct_response: None,
             access_log: true,
             listener_extra: json!({}),
+            connection_manager_extra: json!({}),
         }
     }
 }
@@ -248,6 +252,10 @@ pub fn listener(opts: &EnvoyOptions, listener_port: u16, wasm: &Path, access_log
         "route_config": {"name": "all", "virtual_hosts": [virtual_host]},
         "http_filters": http_filters
     });
+    merge(
+        &mut connection_manager,
+        opts.connection_manager_extra.clone(),
+    );
     if opts.access_log {
         connection_manager["access_log"] = json!([access_log::config(access_log)]);
     }
