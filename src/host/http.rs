@@ -94,6 +94,15 @@ impl HttpContext for NegcacheHttp {
         let map = ffi::header_map(MapType::HttpRequestHeaders);
         let mut report = Report::default();
         let headers = map.as_deref().and_then(Headers::from_serialized);
+        // Only in the build the VM-failure tests load (feature `test-fault`): a request naming
+        // this header kills the VM, as a bug would, so Envoy's failure_policy takes over.
+        #[cfg(feature = "test-fault")]
+        if headers
+            .as_ref()
+            .is_some_and(|h| h.contains("x-negcache-test-fault"))
+        {
+            std::process::abort();
+        }
         let step = self
             .exchange
             .request(&filter, &Envoy, headers.as_ref(), &mut report);

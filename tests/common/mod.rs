@@ -88,6 +88,16 @@ pub fn wasm_path() -> PathBuf {
     )
 }
 
+/// The filter built with the `test-fault` feature (`make test` builds it): its VM dies on a
+/// request carrying `x-negcache-test-fault`.
+pub fn fault_wasm_path() -> PathBuf {
+    required_file(
+        "NEGCACHE_FAULT_WASM",
+        manifest_dir().join("target/negcache-fault.wasm"),
+        "negcache-fault.wasm",
+    )
+}
+
 /// A fresh directory under the system temp dir, removed on drop (kept when
 /// `NEGCACHE_KEEP_TMP` is set).
 #[derive(Debug)]
