@@ -32,6 +32,7 @@ mod access_log;
 mod bootstrap;
 mod client;
 mod envoy;
+mod h2;
 mod http;
 mod upstream;
 
@@ -49,6 +50,7 @@ pub use client::{http_request, ClientConnection, ClientResponse};
 pub use envoy::{
     envoy_validate, validate_plugin_config, write_plugin_bootstrap, Envoy, METRICS_SETTLE,
 };
+pub use h2::{curl_get, send_raw_headers, StreamAnswer};
 pub use upstream::{Request, Response, Upstream};
 
 /// Upper bound for any single wait in the harness: only there to turn a
