@@ -5,6 +5,7 @@
 #   make run     demo: upstream on :8080 + Envoy on :10000 (Ctrl-C stops both)
 #   make test    fmt check, clippy (native + wasm), unit + end-to-end tests
 #   make lint    fmt check + clippy only
+#   make schema  regenerate schema/negcache.schema.json from the configuration types
 #   make bench   negcache in real Envoy under wrk, against floor filters (not part of test)
 #   make clean
 
@@ -27,7 +28,7 @@ CARGO_FLOOR_WASM := target/floor/$(WASM_TARGET)/release/negcache_floor.wasm
 # The floor filters as the bench loads them: through the same wasm-opt as negcache.
 FLOOR_WASM    := target/floor/negcache_floor.wasm
 
-.PHONY: setup build run test lint fmt bench clean
+.PHONY: setup build run test lint fmt schema bench clean
 
 setup:
 	@installed="$$(rustup target list --installed)"; \
@@ -71,6 +72,14 @@ lint:
 
 fmt:
 	cargo fmt --all
+
+# The JSON Schema of the plugin configuration; `cargo test` fails while the committed one is stale.
+schema:
+	@mkdir -p schema
+	cargo run --quiet --features schema --bin negcache-schema > schema/negcache.schema.json.tmp \
+	  || { rm -f schema/negcache.schema.json.tmp; exit 1; }
+	@mv schema/negcache.schema.json.tmp schema/negcache.schema.json
+	@echo "schema: schema/negcache.schema.json"
 
 # End-to-end tests (tests/*.rs) start their own Envoy from ENVOY_BIN with
 # the filter at NEGCACHE_WASM.

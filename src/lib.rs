@@ -4,14 +4,12 @@
 pub mod client_ip;
 pub mod clock;
 pub mod config;
-pub mod config_reader;
 pub mod cors;
 pub mod credential;
 pub mod decimal;
 pub mod fingerprint;
 pub mod header_name;
 pub mod http_date;
-pub mod json;
 pub mod metrics;
 pub mod negative_cache;
 pub mod path;
