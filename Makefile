@@ -6,6 +6,7 @@
 #   make test    fmt check, clippy (native + wasm), fuzz smoke run, unit + end-to-end tests
 #   make fuzz    every fuzz target for FUZZ_SECONDS (default 300) each
 #   make lint    fmt check + clippy only
+#   make schema  regenerate schema/negcache.schema.json from the configuration types
 #   make bench   negcache in real Envoy under wrk, against floor filters (not part of test)
 #   make clean
 
@@ -30,7 +31,7 @@ FAULT_WASM    := target/negcache-fault.wasm
 # The floor filters as the bench loads them: through the same wasm-opt as negcache.
 FLOOR_WASM    := target/floor/negcache_floor.wasm
 
-.PHONY: setup build build-fault run test lint fmt fuzz bench clean
+.PHONY: setup build build-fault run test lint fmt fuzz schema bench clean
 
 setup:
 	@installed="$$(rustup target list --installed)"; \
@@ -78,6 +79,14 @@ lint:
 
 fmt:
 	cargo fmt --all
+
+# The JSON Schema of the plugin configuration; `cargo test` fails while the committed one is stale.
+schema:
+	@mkdir -p schema
+	cargo run --quiet --features schema --bin negcache-schema > schema/negcache.schema.json.tmp \
+	  || { rm -f schema/negcache.schema.json.tmp; exit 1; }
+	@mv schema/negcache.schema.json.tmp schema/negcache.schema.json
+	@echo "schema: schema/negcache.schema.json"
 
 # End-to-end tests (tests/*.rs) start their own Envoy from ENVOY_BIN with
 # the filter at NEGCACHE_WASM.

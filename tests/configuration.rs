@@ -44,7 +44,7 @@ fn bad_configurations_are_refused_with_a_line_naming_the_field() {
         ),
         (
             r#"{"credentials": "#,
-            "negcache: invalid configuration: not valid JSON: unexpected end of input",
+            "negcache: invalid configuration: not valid JSON: EOF while parsing a value",
         ),
     ];
     for (config, message) in cases {
