@@ -304,3 +304,35 @@ fn the_client_is_resolved_only_when_a_feature_uses_it() {
     assert_eq!(entry.decision.as_deref(), Some("stored"));
     assert_eq!(entry.client.as_deref(), Some("203.0.113.7"));
 }
+
+#[test]
+fn a_trusted_proxy_written_as_an_ipv4_mapped_network_matches_a_dual_stack_peer() {
+    // A dual-stack listener: the IPv4 test client's address reaches the filter as
+    // `[::ffff:127.0.0.1]:port`.
+    let upstream = Upstream::start(unauthorized);
+    let envoy = Envoy::start(EnvoyOptions {
+        skip_xff_append: true,
+        listener_extra: json!({"address": {"socket_address": {
+            "address": "::ffff:127.0.0.1", "ipv4_compat": true
+        }}}),
+        ..EnvoyOptions::new(
+            upstream.port(),
+            config(json!({"trusted_proxies": ["::ffff:127.0.0.0/104"]}), 1),
+        )
+    });
+    let spoof_free = [
+        ("authorization", "Bearer t"),
+        ("x-forwarded-for", "198.51.100.7"),
+    ];
+    get(&envoy, &spoof_free);
+    let entry = envoy.access_entry(1);
+    assert!(
+        entry.raw["downstream"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("::ffff:127.0.0.1"),
+        "the peer is IPv4-mapped: {entry:?}"
+    );
+    // The load balancer is recognised as trusted: the client is the hop it recorded.
+    assert_eq!(resolved_client(&envoy, 1), "198.51.100.7");
+}

@@ -121,6 +121,24 @@ fn networks_parse_as_cidrs_or_addresses() {
 }
 
 #[test]
+fn ipv4_mapped_networks_become_the_ipv4_networks_they_carry() {
+    let config = parse(
+        r#"{"client_ip": {"trusted_proxies": ["::ffff:10.0.0.0/104", "::ffff:192.0.2.7"],
+            "headers": [{"name": "cf-connecting-ip", "from": ["::ffff:173.245.48.0/116"]}]},
+          "rate_limit": {"exempt_cidrs": ["::ffff:198.51.100.0/120"]}}"#,
+    )
+    .unwrap();
+    let text = |nets: &[ipnet::IpNet]| nets.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(
+        text(&config.client_ip.trusted_proxies),
+        ["10.0.0.0/8", "192.0.2.7/32"]
+    );
+    let from = config.client_ip.headers[0].from.as_deref().unwrap();
+    assert_eq!(text(from), ["173.245.48.0/20"]);
+    assert_eq!(text(&config.rate_limit.exempt_cidrs), ["198.51.100.0/24"]);
+}
+
+#[test]
 fn cors_defaults_add_nothing_and_expose_the_filters_headers() {
     let config = parse("{}").unwrap();
     assert!(config.cors.allowed_origins.is_empty());
@@ -263,6 +281,16 @@ fn every_bad_field_is_named_with_its_reason() {
             r#"{"client_ip": {"trusted_proxies": ["proxy.local"]}}"#,
             "client_ip.trusted_proxies[0]",
             "not an IP address or CIDR",
+        ),
+        (
+            r#"{"client_ip": {"trusted_proxies": ["::ffff:10.0.0.0/95"]}}"#,
+            "client_ip.trusted_proxies[0]",
+            "IPv4-mapped network shorter than /96",
+        ),
+        (
+            r#"{"rate_limit": {"exempt_cidrs": ["::ffff:0:0/64"]}}"#,
+            "rate_limit.exempt_cidrs[0]",
+            "IPv4-mapped network shorter than /96",
         ),
         (
             r#"{"client_ip": {"headers": [{"name": "x-forwarded-for", "from": ["1.2.3.4"]}]}}"#,

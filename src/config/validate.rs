@@ -5,6 +5,8 @@
 
 use ipnet::IpNet;
 
+use crate::client_ip::{self, MappedTooWide};
+
 use super::raw::{self, KeyPart};
 use super::{
     ClientIpConfig, ClientIpHeader, Config, ConfigError, CredentialSource, Escalation,
@@ -357,7 +359,9 @@ fn header_name(name: &str) -> Result<String, ConfigError> {
     Ok(name.to_ascii_lowercase())
 }
 
-/// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare address (a /32 or /128).
+/// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare address (a /32 or /128), in the form
+/// addresses are compared in: `::ffff:10.0.0.0/104` is `10.0.0.0/8` (see
+/// `client_ip::canonical_network`).
 fn network(entry: String) -> Result<IpNet, ConfigError> {
     let text = entry.trim();
     let parsed = if text.contains('/') {
@@ -365,10 +369,20 @@ fn network(entry: String) -> Result<IpNet, ConfigError> {
     } else {
         text.parse::<std::net::IpAddr>().ok().map(IpNet::from)
     };
-    parsed.map(|net| net.trunc()).ok_or_else(|| {
-        ConfigError::new(
+    let Some(net) = parsed else {
+        return Err(ConfigError::new(
             "",
             format!("{} is not an IP address or CIDR", quoted(&entry)),
+        ));
+    };
+    client_ip::canonical_network(net).map_err(|MappedTooWide| {
+        ConfigError::new(
+            "",
+            format!(
+                "{} is an IPv4-mapped network shorter than /96, which has no IPv4 equivalent: \
+                 write the IPv4 network (::ffff:a.b.c.d/p is a.b.c.d/(p - 96))",
+                quoted(&entry)
+            ),
         )
     })
 }
