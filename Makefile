@@ -8,6 +8,7 @@
 #   make lint    fmt check + clippy only
 #   make schema  regenerate schema/negcache.schema.json from the configuration types
 #   make bench   negcache in real Envoy under wrk, against floor filters (not part of test)
+#   make soak    a mixed load for SOAK_SECONDS (default 120) with a report (not part of test)
 #   make clean
 
 SHELL := bash
@@ -19,10 +20,11 @@ ENVOY_VERSION := 1.40.0
 VENV          := .venv
 ENVOY_BIN     := $(CURDIR)/$(VENV)/bin/envoy
 CARGO_WASM    := target/$(WASM_TARGET)/release/negcache.wasm
-# What ships and what the tests load: the cargo artifact after `wasm-opt -Oz`.
+# What ships and what the tests load: the cargo artifact after `wasm-opt -O2` (built for speed,
+# at the level of the release profile; see Cargo.toml).
 WASM          := target/negcache.wasm
 # The features rustc's wasm32-wasip1 output uses; wasm-opt must keep them.
-WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
+WASM_OPT_FLAGS := -O2 --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
                   --enable-nontrapping-float-to-int --enable-mutable-globals \
                   --enable-multivalue --enable-reference-types
 CARGO_FLOOR_WASM := target/floor/$(WASM_TARGET)/release/negcache_floor.wasm
@@ -31,7 +33,7 @@ FAULT_WASM    := target/negcache-fault.wasm
 # The floor filters as the bench loads them: through the same wasm-opt as negcache.
 FLOOR_WASM    := target/floor/negcache_floor.wasm
 
-.PHONY: setup build build-fault run test lint fmt fuzz schema bench clean
+.PHONY: setup build build-fault run test lint fmt fuzz schema bench soak clean
 
 setup:
 	@installed="$$(rustup target list --installed)"; \
@@ -130,6 +132,14 @@ bench: setup build
 	fi
 	@echo "bench: $(FLOOR_WASM), $$(wc -c < $(FLOOR_WASM)) bytes"
 	cargo bench --bench envoy
+
+# Soak (minutes; never part of `make test`): good and bad tokens, spoofed headers, blocked
+# clients and purges over both workers for SOAK_SECONDS; exits non-zero on any response that
+# contradicts the filter's rules. See benches/soak.rs.
+soak: export ENVOY_BIN := $(ENVOY_BIN)
+soak: export NEGCACHE_WASM := $(CURDIR)/$(WASM)
+soak: setup build
+	cargo bench --bench soak
 
 clean:
 	cargo clean

@@ -2,6 +2,7 @@
 //! the proxies recorded: walked right to left through `X-Forwarded-For` past our own proxies,
 //! and single-address headers believed only from where they can be trusted.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
@@ -138,9 +139,12 @@ fn dotted_quad(octets: [u8; 4]) -> String {
 }
 
 /// Parses `source.address`: `1.2.3.4:5678`, `[::1]:80`, or a bare address; an IPv4-mapped IPv6
-/// address (`::ffff:a.b.c.d`) is read as the IPv4 address it carries.
+/// address (`::ffff:a.b.c.d`) is read as the IPv4 address it carries. An IPv6 zone id
+/// (`fe80::1%eth0`, `[fe80::1%2]:80`) names an interface of the host that wrote the address,
+/// not a part of the client's: it is dropped, in every form alike.
 pub fn parse_peer(address: &str) -> Option<Peer> {
-    let address = address.trim();
+    let address = without_zone(address.trim());
+    let address = address.as_ref();
     let (ip, port) = if let Ok(socket) = address.parse::<SocketAddr>() {
         (socket.ip(), Some(socket.port()))
     } else if let Ok(ip) = address
@@ -157,6 +161,17 @@ pub fn parse_peer(address: &str) -> Option<Peer> {
         ip: canonical(ip),
         port,
     })
+}
+
+/// `address` without the `%zone` of an IPv6 address (up to the `]`, or the end).
+fn without_zone(address: &str) -> Cow<'_, str> {
+    let Some(start) = address.find('%').filter(|&at| address[..at].contains(':')) else {
+        return Cow::Borrowed(address);
+    };
+    let end = address[start..]
+        .find(']')
+        .map_or(address.len(), |at| start + at);
+    Cow::Owned([&address[..start], &address[end..]].concat())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -515,5 +530,25 @@ mod tests {
         let peer = parse_peer("[::ffff:10.0.0.5]:443").unwrap().ip;
         let trusted = [canonical_network(net("::ffff:10.0.0.0/104")).unwrap()];
         assert!(contains(&trusted, peer));
+    }
+
+    #[test]
+    fn zone_ids_are_dropped_in_every_address_form() {
+        for raw in [
+            "fe80::1%eth0",
+            "[fe80::1%eth0]",
+            "[fe80::1%eth0]:443",
+            "[fe80::1%2]:80",
+        ] {
+            assert_eq!(
+                parse_address(raw.as_bytes()),
+                Some("fe80::1".parse().unwrap()),
+                "{raw}"
+            );
+        }
+        // Not an address with a zone: still nothing.
+        for raw in ["%eth0", "1.2.3.4%eth0x:", "[%]:80"] {
+            assert_eq!(parse_address(raw.as_bytes()), None, "{raw}");
+        }
     }
 }

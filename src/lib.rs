@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod negative_cache;
 pub mod path;
 pub mod rate_limit;
+#[cfg(test)]
+mod rate_limit_model;
 pub mod reply;
 pub mod request;
 pub mod secret;

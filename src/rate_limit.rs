@@ -212,8 +212,6 @@ pub struct Outcome {
     pub block_ms: Option<u64>,
     /// A slot that never held a record now holds one.
     pub newly_used: bool,
-    /// Every candidate slot holds another client's live block: this client is not tracked.
-    pub untracked: bool,
 }
 
 /// Records the end of a request: releases its reservation, and counts it when it failed.
@@ -252,18 +250,11 @@ pub fn finish<S: SharedStore>(
             ..ClientRecord::default()
         };
         let block_ms = record.count_failure(now_ms, config);
-        let Some(slot) = place_new(slots, &record, now_ms, config) else {
-            let untracked = Outcome {
-                untracked: true,
-                ..Outcome::default()
-            };
-            return (untracked, None);
-        };
+        let slot = place_new(slots, now_ms, config);
         let outcome = Outcome {
             counted: true,
             block_ms,
             newly_used: slot.bytes.is_empty(),
-            untracked: false,
         };
         let write = Write {
             slot,
@@ -274,31 +265,30 @@ pub fn finish<S: SharedStore>(
 }
 
 /// Where a new client goes: an empty or unreadable slot, else an expired one, else the live
-/// one with fewer failures. A live block is replaced only by another block (the one ending
-/// first), so rotating addresses cannot wipe other clients' blocks.
-fn place_new<'a>(
-    slots: &'a [Slot; 2],
-    new: &ClientRecord,
-    now_ms: u64,
-    config: &RateLimitConfig,
-) -> Option<&'a Slot> {
-    let new_is_block = new.blocked_at(now_ms);
-    let rank = |slot: &Slot| -> Option<(u8, u64)> {
+/// counter with fewer failures, else (both slots hold live blocks) the block ending first.
+///
+/// A new client is always tracked: were blocks never displaced, a holder of many addresses (an
+/// IPv6 /48 is 65,536 /64s) could fill the table with blocks and every new client landing in a
+/// bucket of two blocks would go uncounted, the limiter silently off for it. A block gives way
+/// only in a bucket already holding two, to a failure that lands there: the bucket is chosen by
+/// a keyed fingerprint, one in `capacity / 2`, so nobody can aim at a block to cut it short.
+fn place_new<'a>(slots: &'a [Slot; 2], now_ms: u64, config: &RateLimitConfig) -> &'a Slot {
+    let rank = |slot: &Slot| -> (u8, u64) {
         match ClientRecord::decode(&slot.bytes) {
-            Decoded::Empty | Decoded::Unreadable => Some((0, 0)),
-            Decoded::Record(old) if old.epoch != config.epoch => Some((0, 0)),
-            Decoded::Record(old) if old.expired(now_ms, config) => Some((1, 0)),
-            Decoded::Record(old) if !old.blocked_at(now_ms) => Some((2, u64::from(old.failures))),
-            Decoded::Record(old) if new_is_block => Some((3, old.block_until_ms)),
-            Decoded::Record(_) => None,
+            Decoded::Empty | Decoded::Unreadable => (0, 0),
+            Decoded::Record(old) if old.epoch != config.epoch => (0, 0),
+            Decoded::Record(old) if old.expired(now_ms, config) => (1, 0),
+            Decoded::Record(old) if !old.blocked_at(now_ms) => (2, u64::from(old.failures)),
+            Decoded::Record(old) => (3, old.block_until_ms),
         }
     };
     // The first of equally ranked slots.
-    slots
-        .iter()
-        .filter_map(|slot| rank(slot).map(|rank| (rank, slot)))
-        .min_by_key(|(rank, _)| *rank)
-        .map(|(_, slot)| slot)
+    let [first, second] = slots;
+    if rank(second) < rank(first) {
+        second
+    } else {
+        first
+    }
 }
 
 #[cfg(test)]
@@ -609,26 +599,59 @@ mod tests {
     }
 
     #[test]
-    fn live_blocks_survive_a_flood_of_new_clients() {
-        let mut limiter = Limiter::new(r#"{"rate_limit": {"max_failures": 0, "capacity": 4}}"#);
-        for n in 0..4 {
-            limiter.attempt(n, T0);
-        }
-        let blocked: Vec<u8> = (0..4)
-            .filter(|n| matches!(limiter.admit(*n, T0 + 1), Admission::Blocked { .. }))
-            .collect();
-        assert!(!blocked.is_empty());
-        // Rotating addresses, each failing once (not enough for a block), never evict a block.
+    fn a_block_survives_new_clients_while_its_bucket_has_a_counter() {
+        let mut limiter = Limiter::new(r#"{"rate_limit": {"max_failures": 0, "capacity": 2}}"#);
+        limiter.attempt(1, T0);
+        assert!(matches!(
+            limiter.admit(1, T0 + 1),
+            Admission::Blocked { .. }
+        ));
+        // Rotating addresses, each failing once (not enough for a block): they take the other
+        // slot from each other, never the block's.
         limiter.config.max_failures = 5;
         for n in 10..200 {
-            let outcome = limiter.fail(n, T0 + 2, None);
-            assert!(outcome.counted || outcome.untracked);
+            assert!(limiter.fail(n, T0 + 2, None).counted, "client {n}");
         }
-        for n in &blocked {
-            assert!(
-                matches!(limiter.admit(*n, T0 + 3), Admission::Blocked { .. }),
-                "client {n}"
-            );
+        assert!(matches!(
+            limiter.admit(1, T0 + 3),
+            Admission::Blocked { .. }
+        ));
+    }
+
+    #[test]
+    fn a_bucket_of_two_blocks_still_tracks_a_new_client() {
+        let mut limiter = Limiter::new(r#"{"rate_limit": {"max_failures": 0, "capacity": 2}}"#);
+        limiter.attempt(1, T0);
+        limiter.attempt(2, T0 + 1_000);
+        limiter.config.max_failures = 1;
+        let outcome = limiter.fail(3, T0 + 2_000, None);
+        assert!(outcome.counted);
+        // The block ending first gave way; the other holds.
+        assert_eq!(limiter.admit(1, T0 + 2_001), Admission::Pass);
+        assert!(matches!(
+            limiter.admit(2, T0 + 2_001),
+            Admission::Blocked { .. }
+        ));
+        assert_eq!(
+            limiter.fail(3, T0 + 2_002, None).block_ms,
+            Some(300_000),
+            "the new client is counted to its block"
+        );
+    }
+
+    #[test]
+    fn blocks_from_many_addresses_never_turn_the_limiter_off_for_new_clients() {
+        // As many blocked addresses as the table has slots (an IPv6 /48 holds 65,536 /64s, as
+        // many as the default table), then new clients: every one is counted and blocked.
+        let mut limiter = Limiter::new(r#"{"rate_limit": {"max_failures": 0, "capacity": 64}}"#);
+        for n in 0..64 {
+            limiter.attempt(n, T0);
+        }
+        limiter.config.max_failures = 1;
+        for n in 64..=255 {
+            assert!(limiter.fail(n, T0 + 1_000, None).counted, "client {n}");
+            let second = limiter.fail(n, T0 + 1_001, None);
+            assert!(second.block_ms.is_some(), "client {n} reached its block");
         }
     }
 

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{ClientConnection, Envoy, EnvoyOptions, Response, Upstream, METRICS_SETTLE};
+use crate::common::load::{client_ip, flood};
+use crate::common::{Envoy, EnvoyOptions, Response, Upstream, METRICS_SETTLE};
 use crate::Settings;
 
 /// Slots in both tables for `pass` and the memory part.
@@ -170,46 +171,31 @@ fn negcache_config(rate_limit: Value) -> Value {
     })
 }
 
-/// The `i`-th distinct client address, from 198.18.0.0/15 (set aside for benchmarks; only
-/// ever written into `X-Forwarded-For`).
-fn client_ip(i: usize) -> String {
-    assert!(i < 1 << 17, "198.18.0.0/15 has 131072 addresses");
-    format!("198.{}.{}.{}", 18 + (i >> 16), (i >> 8) & 255, i & 255)
-}
-
 /// Sends `GET /fail` with credential `Bearer <prefix>-<i>` from client `client_ip(i)` for every
 /// `i` in `range`, over `FILL_THREADS` keep-alive connections; every answer must be the
 /// upstream's 401 (not a hit, not a 429). Returns how long it took.
 pub fn fill(envoy: &Envoy, prefix: &str, range: std::ops::Range<usize>) -> Duration {
     let started = Instant::now();
-    let port = envoy.port();
-    let chunk = range.len().div_ceil(FILL_THREADS);
-    let handles: Vec<_> = (0..FILL_THREADS)
-        .map(|t| {
-            let from = range.start + t * chunk;
-            let to = (from + chunk).min(range.end);
-            let prefix = prefix.to_string();
-            thread::spawn(move || {
-                let mut conn = ClientConnection::open(port);
-                for i in from..to {
-                    let token = format!("Bearer {prefix}-{i}");
-                    let ip = client_ip(i);
-                    let resp = conn.get(
-                        "/fail",
-                        &[("authorization", &token), ("x-forwarded-for", &ip)],
-                    );
-                    assert_eq!(
-                        (resp.status, resp.negcache()),
-                        (401, None),
-                        "fill request {i} ({ip}) was not answered by the upstream: {resp:?}"
-                    );
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().expect("fill thread");
-    }
+    flood(
+        envoy.port(),
+        range,
+        FILL_THREADS,
+        |i| {
+            let headers = vec![
+                ("authorization".to_string(), format!("Bearer {prefix}-{i}")),
+                ("x-forwarded-for".to_string(), client_ip(i)),
+            ];
+            ("/fail".to_string(), headers)
+        },
+        |i, resp| {
+            assert_eq!(
+                (resp.status, resp.negcache()),
+                (401, None),
+                "fill request {i} ({}) was not answered by the upstream: {resp:?}",
+                client_ip(i)
+            );
+        },
+    );
     started.elapsed()
 }
 

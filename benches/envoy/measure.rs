@@ -8,6 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::cases::{self, Case, CAPACITY};
+use crate::common::load::rss_kib;
 use crate::common::{self, METRICS_SETTLE};
 use crate::Settings;
 
@@ -139,17 +140,6 @@ fn own_ticks() -> u64 {
     (14..=17)
         .map(|n| fields[n - 3].parse::<u64>().unwrap_or(0))
         .sum()
-}
-
-/// VmRSS of a process, in KiB.
-pub fn rss_kib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"))
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/pid/status")
 }
 
 /// wrk's summary of one run.

@@ -38,7 +38,7 @@ const CLIENT_ERROR_STATUS: &str = "^4[0-9][0-9]$";
 #[cfg_attr(feature = "schema", schemars(title = "negcache"))]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Where the identity comes from, in order: the first source holding one value wins.
+    /// Where the identity comes from, in order: the first source the request carries decides.
     pub credentials: Vec<Credential>,
     /// Paths never looked up, stored or answered locally (whole segments of the normalized path).
     #[cfg_attr(feature = "schema", schemars(inner(regex(pattern = "^/[^?#]*$"))))]

@@ -34,6 +34,7 @@ mod client;
 mod envoy;
 mod h2;
 mod http;
+pub mod load;
 mod upstream;
 
 use std::fs;
