@@ -15,6 +15,8 @@ pub mod header_name;
 pub mod http_date;
 pub mod metrics;
 pub mod negative_cache;
+#[cfg(test)]
+mod negative_cache_model;
 pub mod path;
 pub mod rate_limit;
 #[cfg(test)]
