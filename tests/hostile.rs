@@ -27,16 +27,11 @@ fn api(req: &Request) -> Response {
             .header("retry-after", retry_after)
             .json(r#"{"error":"slow down"}"#);
     }
-    if req.header("authorization") == Some("Bearer good") {
-        return Response::ok().json(r#"{"user":"good"}"#);
-    }
-    Response::new(401).json(r#"{"error":"invalid token"}"#)
+    common::api(req)
 }
 
 fn start(config: Value) -> (Upstream, Envoy) {
-    let upstream = Upstream::start(api);
-    let envoy = Envoy::start(EnvoyOptions::new(upstream.port(), config));
-    (upstream, envoy)
+    common::start(api, config)
 }
 
 /// Envoy still answers a plain request, and the filter counted no error.

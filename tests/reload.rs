@@ -5,23 +5,21 @@
 
 mod common;
 
-use common::{Envoy, EnvoyOptions, Request, Response, Upstream};
+use common::{Envoy, EnvoyOptions, Upstream};
 use serde_json::{json, Value};
 
-fn api(req: &Request) -> Response {
-    if req.header("authorization") == Some("Bearer good") {
-        return Response::ok().json(r#"{"user":"good"}"#);
-    }
-    Response::new(401).json(r#"{"error":"invalid token"}"#)
-}
-
 fn start(config: Value) -> (Upstream, Envoy) {
-    let upstream = Upstream::start(api);
+    let upstream = Upstream::start(common::api);
     let envoy = Envoy::start(EnvoyOptions {
         dynamic_listener: true,
         ..EnvoyOptions::new(upstream.port(), config)
     });
     (upstream, envoy)
+}
+
+fn assert_good_served(envoy: &Envoy) {
+    let good = envoy.get("/api/me", &[("authorization", common::GOOD)]);
+    assert_eq!(good.status, 200, "{good:?}");
 }
 
 #[test]
@@ -41,12 +39,7 @@ fn a_bad_reload_is_refused_and_the_old_configuration_keeps_serving() {
         let hit = envoy.get("/api/me", &bad);
         assert_eq!(hit.negcache(), Some("hit"), "after {refused}: {hit:?}");
     }
-    assert_eq!(
-        envoy
-            .get("/api/me", &[("authorization", "Bearer good")])
-            .status,
-        200
-    );
+    assert_good_served(&envoy);
     upstream.assert_count(2);
 }
 
@@ -75,12 +68,7 @@ fn a_reload_that_keeps_the_epoch_keeps_entries_and_blocks() {
     }));
     let hit = envoy.get("/api/me", &cached);
     assert_eq!((hit.status, hit.negcache()), (401, Some("hit")), "{hit:?}");
-    assert_eq!(
-        envoy
-            .get("/api/me", &[("authorization", "Bearer good")])
-            .status,
-        200
-    );
+    assert_good_served(&envoy);
     upstream.assert_count(2);
     assert_eq!(envoy.metric("negcache_ratelimit_blocks_total"), 1);
 }

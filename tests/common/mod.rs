@@ -54,6 +54,29 @@ pub use envoy::{
 pub use h2::{curl_get, send_raw_headers, StreamAnswer};
 pub use upstream::{Request, Response, Upstream};
 
+/// The one credential [`api`] accepts.
+pub const GOOD: &str = "Bearer good";
+
+/// An authenticated API as most tests need it: `authorization: Bearer good` gets 200, anything
+/// else 401 with a JSON body.
+pub fn api(req: &Request) -> Response {
+    if req.header("authorization") == Some(GOOD) {
+        return Response::ok().json(r#"{"user":"good"}"#);
+    }
+    Response::new(401).json(r#"{"error":"invalid token"}"#)
+}
+
+/// An [`Upstream`] answering with `handler`, and an [`Envoy`] with the filter configured by
+/// `config` in front of it.
+pub fn start<F>(handler: F, config: serde_json::Value) -> (Upstream, Envoy)
+where
+    F: Fn(&Request) -> Response + Send + Sync + 'static,
+{
+    let upstream = Upstream::start(handler);
+    let envoy = Envoy::start(EnvoyOptions::new(upstream.port(), config));
+    (upstream, envoy)
+}
+
 /// Upper bound for any single wait in the harness: only there to turn a
 /// hang into a failure, never a performance assertion.
 pub const WAIT: Duration = Duration::from_secs(30);
