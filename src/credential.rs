@@ -105,9 +105,11 @@ pub fn extract<'a>(
 /// The value of `source` as the identity is computed from it. For `Authorization` and
 /// `Proxy-Authorization` the scheme is case-insensitive and the spaces after it are one
 /// separator (RFC 9110 11.4, 11.6.2), so `bearer  T` and `Bearer T` are one credential: the
-/// scheme is lower-cased and the separator made one space. The token itself and every other
-/// source are kept byte for byte. Used both for a request's credential and for the values of
-/// `x-negcache-purge`, so a purge finds the entry whatever the case of its scheme.
+/// scheme is written with a capital initial and the rest in lower case, the form nearly every
+/// client sends (`Bearer`, `Basic`), so the usual value is used as it is, without a copy; the
+/// separator becomes one space. The token itself and every other source are kept byte for byte.
+/// Used both for a request's credential and for the values of `x-negcache-purge`, so a purge
+/// finds the entry whatever the case of its scheme.
 pub fn canonical<'v>(source: &CredentialSource, value: &'v [u8]) -> Cow<'v, [u8]> {
     let CredentialSource::Header(name) = source else {
         return Cow::Borrowed(value);
@@ -121,12 +123,16 @@ pub fn canonical<'v>(source: &CredentialSource, value: &'v [u8]) -> Cow<'v, [u8]
     };
     let (scheme, rest) = value.split_at(end);
     let token = rest.trim_ascii_start();
+    let Some((initial, tail)) = scheme.split_first() else {
+        return Cow::Borrowed(value);
+    };
     let one_space = rest.len() == token.len() + 1 && rest[0] == b' ';
-    if one_space && !scheme.iter().any(u8::is_ascii_uppercase) {
+    if one_space && !initial.is_ascii_lowercase() && !tail.iter().any(u8::is_ascii_uppercase) {
         return Cow::Borrowed(value);
     }
     let mut out = Vec::with_capacity(scheme.len() + 1 + token.len());
-    out.extend(scheme.iter().map(u8::to_ascii_lowercase));
+    out.push(initial.to_ascii_uppercase());
+    out.extend(tail.iter().map(u8::to_ascii_lowercase));
     out.push(b' ');
     out.extend_from_slice(token);
     Cow::Owned(out)
@@ -246,12 +252,12 @@ mod tests {
             (
                 vec![("authorization", b"Bearer a")],
                 "/",
-                found(0, b"bearer a"),
+                found(0, b"Bearer a"),
             ),
             (
                 vec![("x-api-key", b"k"), ("authorization", b"Basic dTpw")],
                 "/",
-                found(0, b"basic dTpw"),
+                found(0, b"Basic dTpw"),
             ),
             (vec![("x-api-key", b"k")], "/", found(1, b"k")),
             (
@@ -313,7 +319,7 @@ mod tests {
         let value: &[u8] = b"Bearer \xff\xfe";
         assert_eq!(
             find(&[("authorization", value)], "/"),
-            found(0, b"bearer \xff\xfe")
+            found(0, b"Bearer \xff\xfe")
         );
         let key: &[u8] = b"\x80 \xff";
         assert_eq!(find(&[("x-api-key", key)], "/"), found(1, key));
@@ -330,25 +336,25 @@ mod tests {
             b"Bearer\tT0k3n",
             b" bearer T0k3n ",
         ] {
-            assert_eq!(&*canonical(&authorization, raw), b"bearer T0k3n", "{raw:?}");
+            assert_eq!(&*canonical(&authorization, raw), b"Bearer T0k3n", "{raw:?}");
         }
         // The token stays case-sensitive; a value without a scheme stays as it is.
         assert_eq!(
-            &*canonical(&authorization, b"Bearer t0k3n"),
-            b"bearer t0k3n"
+            &*canonical(&authorization, b"bearer t0k3n"),
+            b"Bearer t0k3n"
         );
         assert_eq!(&*canonical(&authorization, b"T0K3N"), b"T0K3N");
         assert_eq!(
-            &*canonical(&authorization, b"Basic dTpw=="),
-            b"basic dTpw=="
+            &*canonical(&authorization, b"basic dTpw=="),
+            b"Basic dTpw=="
         );
         // Already canonical: borrowed, no copy.
         assert!(matches!(
-            canonical(&authorization, b"bearer T"),
+            canonical(&authorization, b"Bearer T"),
             Cow::Borrowed(_)
         ));
         let proxy = CredentialSource::Header("proxy-authorization".into());
-        assert_eq!(&*canonical(&proxy, b"Basic  X"), b"basic X");
+        assert_eq!(&*canonical(&proxy, b"basic  X"), b"Basic X");
         // Other sources are byte for byte.
         let key = CredentialSource::Header("x-api-key".into());
         assert_eq!(&*canonical(&key, b"Bearer T"), b"Bearer T");
@@ -358,7 +364,7 @@ mod tests {
         );
         assert_eq!(
             find(&[("authorization", b"BEARER   abc")], "/"),
-            found(0, b"bearer abc")
+            found(0, b"Bearer abc")
         );
     }
 }

@@ -326,7 +326,7 @@ fn corrupt_slots_are_counted_as_errors_and_overwritten() {
         b"api.example.com",
         crate::fingerprint::Who::Credential {
             source: "header:authorization",
-            value: b"bearer t",
+            value: b"Bearer t",
         },
     );
     for index in proxy.filter.tables.records.candidates(&identity) {
