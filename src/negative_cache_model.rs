@@ -13,6 +13,11 @@ use crate::slots::memory::MemoryStore;
 
 const T0: u64 = 1_700_000_000_000;
 
+/// A step that must succeed, as a test-case failure when it does not.
+fn ok<T, E: std::fmt::Debug>(result: Result<T, E>) -> Result<T, TestCaseError> {
+    result.map_err(|error| TestCaseError::fail(format!("{error:?}")))
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Store { who: u8, status: u16, ttl_ms: u64 },
@@ -55,10 +60,10 @@ proptest! {
         // entry has a place and the model needs no eviction.
         let json = r#"{"negative_cache": {"capacity": 2, "statuses": {
             "401": {"ttl_seconds": 60}, "403": {"ttl_seconds": 60}}}}"#;
-        let config = Config::parse(json.as_bytes()).unwrap().negative_cache;
+        let config = ok(Config::parse(json.as_bytes()))?.negative_cache;
         let store = MemoryStore::default();
         let tables = CacheTables::new(config.capacity);
-        tables.records.create_slots(&store).unwrap();
+        ok(tables.records.create_slots(&store))?;
         // The model: each credential's entry (status, expiry, body), if any.
         let mut model: [Option<(u16, u64, Vec<u8>)>; 2] = [None, None];
         let mut now = T0;
@@ -86,27 +91,26 @@ proptest! {
                         body: Some(body.clone()),
                         ..ReplayBody::default()
                     };
-                    negative_cache::store(&store, &tables, &record, &replay).unwrap();
+                    ok(negative_cache::store(&store, &tables, &record, &replay))?;
                     model[usize::from(who)] = Some((status, now + ttl_ms, body));
                 }
                 Op::Purge { who } => {
                     let removed =
-                        negative_cache::purge(&store, &tables, &identity(who), 0, now).unwrap();
+                        ok(negative_cache::purge(&store, &tables, &identity(who), 0, now))?;
                     let entry = &mut model[usize::from(who)];
                     let live = entry.as_ref().is_some_and(|(_, expires, _)| now < *expires);
                     prop_assert_eq!(removed, u32::from(live));
                     *entry = None;
                 }
                 Op::Lookup { who } => {
-                    let found = negative_cache::lookup(
+                    let found = ok(negative_cache::lookup(
                         &store,
                         &tables,
                         &config,
                         &identity(who),
                         &Clock::fixed(now),
                         |_| Some(key(who)),
-                    )
-                    .unwrap();
+                    ))?;
                     prop_assert!(!found.corrupt);
                     let expected = model[usize::from(who)]
                         .as_ref()
@@ -116,9 +120,9 @@ proptest! {
                         (Some((index, record)), Some((status, expires, body))) => {
                             prop_assert_eq!(record.status, *status);
                             prop_assert_eq!(record.expires_ms, *expires);
-                            let replayed = negative_cache::load_body(&store, &tables, index, &record)
-                                .unwrap()
-                                .and_then(|replay| replay.body);
+                            let replayed =
+                                ok(negative_cache::load_body(&store, &tables, index, &record))?
+                                    .and_then(|replay| replay.body);
                             prop_assert_eq!(replayed.as_ref(), Some(body));
                         }
                         (hit, expected) => {

@@ -12,6 +12,11 @@ use crate::slots::memory::MemoryStore;
 
 const T0: u64 = 1_700_000_000_000;
 
+/// A step that must succeed, as a test-case failure when it does not.
+fn ok<T, E: std::fmt::Debug>(result: Result<T, E>) -> Result<T, TestCaseError> {
+    result.map_err(|error| TestCaseError::fail(format!("{error:?}")))
+}
+
 /// One client as the README states the rules: a fixed window from its first failure, failure
 /// `max_failures + 1` starts a block, requests while blocked neither count nor extend it, a
 /// repeat offender within `max_block_seconds` gets `factor` times its last block, capped.
@@ -98,11 +103,11 @@ proptest! {
                 "escalation": {}}}}}"#,
             if escalation { r#"{"factor": 2, "max_block_seconds": 600}"# } else { "null" }
         );
-        let config = Config::parse(json.as_bytes()).unwrap().rate_limit;
+        let config = ok(Config::parse(json.as_bytes()))?.rate_limit;
         let store = MemoryStore::default();
         // Two slots, two clients: both always fit, so the model needs no eviction.
         let limiter = table(config.capacity);
-        limiter.create_slots(&store).unwrap();
+        ok(limiter.create_slots(&store))?;
         let mut model = [ModelClient::default(); 2];
         let mut now = T0;
         for step in steps {
@@ -110,7 +115,7 @@ proptest! {
             let client = fingerprint(step.client);
             let expected = &mut model[usize::from(step.client)];
             store.conflicts.set(step.conflicts);
-            let admission = admit(&store, &limiter, &config, &client, &Clock::fixed(now)).unwrap();
+            let admission = ok(admit(&store, &limiter, &config, &client, &Clock::fixed(now)))?;
             if expected.blocked(now) {
                 prop_assert_eq!(admission, Admission::Blocked { until_ms: expected.block_until });
                 continue;
@@ -121,8 +126,8 @@ proptest! {
                 other => return Err(TestCaseError::fail(format!("{other:?} at {now}: {expected:?}"))),
             };
             store.conflicts.set(step.conflicts);
-            let outcome = finish(&store, &limiter, &config, &client, now, step.fails, reservation)
-                .unwrap();
+            let outcome =
+                ok(finish(&store, &limiter, &config, &client, now, step.fails, reservation))?;
             if step.fails {
                 expected.fail(now, &config);
             }
