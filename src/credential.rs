@@ -117,12 +117,19 @@ pub fn canonical<'v>(source: &CredentialSource, value: &'v [u8]) -> Cow<'v, [u8]
     if name != "authorization" && name != "proxy-authorization" {
         return Cow::Borrowed(value);
     }
-    let value = value.trim_ascii();
-    let Some(end) = value.iter().position(|b| matches!(b, b' ' | b'\t')) else {
+    // HTTP's optional whitespace is spaces and tabs only: anything else belongs to the value.
+    let is_ows = |b: &u8| matches!(b, b' ' | b'\t');
+    let start = value.iter().position(|b| !is_ows(b)).unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !is_ows(b))
+        .map_or(start, |at| at + 1);
+    let value = &value[start..end];
+    let Some(end) = value.iter().position(is_ows) else {
         return Cow::Borrowed(value);
     };
     let (scheme, rest) = value.split_at(end);
-    let token = rest.trim_ascii_start();
+    let token = &rest[rest.iter().position(|b| !is_ows(b)).unwrap_or(rest.len())..];
     let Some((initial, tail)) = scheme.split_first() else {
         return Cow::Borrowed(value);
     };
@@ -353,6 +360,11 @@ mod tests {
             canonical(&authorization, b"Bearer T"),
             Cow::Borrowed(_)
         ));
+        // Only spaces and tabs are HTTP whitespace: a form feed is part of the token.
+        assert_eq!(
+            &*canonical(&authorization, b"Bearer \x0cT"),
+            b"Bearer \x0cT"
+        );
         let proxy = CredentialSource::Header("proxy-authorization".into());
         assert_eq!(&*canonical(&proxy, b"basic  X"), b"Basic X");
         // Other sources are byte for byte.

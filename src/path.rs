@@ -54,10 +54,13 @@ pub fn is_exempt(raw: &str, exempt: &[String]) -> bool {
     exempt.iter().any(|prefix| is_under(&normalized, prefix))
 }
 
-/// A `;`, a `\`, a NUL, or a percent-escape of `/`, `\`, `.`, `;`, `%` or NUL (any case).
+/// A `;`, a `\`, a NUL, an empty segment (`//`: resolved strictly, `/a//../b` is `/a/b`, but an
+/// upstream that merges slashes first reads `/b`), or a percent-escape of `/`, `\`, `.`, `;`,
+/// `%` or NUL (any case).
 fn may_decode_into_another_path(path: &[u8]) -> bool {
     path.iter().enumerate().any(|(at, &byte)| match byte {
         b';' | b'\\' | 0 => true,
+        b'/' => path.get(at + 1) == Some(&b'/'),
         b'%' => matches!(
             percent_byte(path, at),
             Some(b'/' | b'\\' | b'.' | b';' | b'%' | 0)
@@ -206,6 +209,9 @@ mod tests {
             "/healthz/%00",
             "/healthz/\0",
             "/healthz/../login",
+            "/healthz//../login",
+            "/healthz/x//../../login",
+            "//healthz",
             "/healthzX",
         ] {
             assert!(!is_exempt(raw, &exempt), "{raw} must not be exempt");

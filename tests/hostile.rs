@@ -41,16 +41,22 @@ fn assert_still_serving(envoy: &Envoy) {
     assert_eq!(envoy.metric("negcache_errors_total"), 0);
 }
 
-#[test]
-fn an_escaped_separator_in_an_exempt_path_is_no_way_around_a_block() {
-    // The connection manager as the harness starts it: normalize_path and merge_slashes, and
-    // path_with_escaped_slashes_action at Envoy's default (KEEP_UNCHANGED), so %2F reaches the
-    // filter and the upstream as it was sent.
-    let (upstream, envoy) = start(json!({
-        "exempt_paths": ["/healthz"],
-        "negative_cache": {"enabled": false},
-        "rate_limit": {"max_failures": 1}
-    }));
+/// A client blocked behind an Envoy with `connection_manager` settings merged into the harness's,
+/// then trying `sneaky` paths under the exempt `/healthz`: each one is refused and none reaches
+/// the upstream.
+fn assert_no_way_around_a_block(connection_manager: Value, sneaky: &[&str]) {
+    let upstream = Upstream::start(api);
+    let envoy = Envoy::start(EnvoyOptions {
+        connection_manager_extra: connection_manager,
+        ..EnvoyOptions::new(
+            upstream.port(),
+            json!({
+                "exempt_paths": ["/healthz"],
+                "negative_cache": {"enabled": false},
+                "rate_limit": {"max_failures": 1}
+            }),
+        )
+    });
     let bad = [("authorization", "Bearer stolen")];
     assert_eq!(envoy.get("/login", &bad).status, 401);
     assert_eq!(envoy.get("/login", &bad).status, 401);
@@ -63,22 +69,48 @@ fn an_escaped_separator_in_an_exempt_path_is_no_way_around_a_block() {
     // The exempt path itself still works for the blocked client.
     assert_eq!(envoy.get("/healthz/live", &bad).status, 401);
     let before = upstream.count();
-    for sneaky in [
-        "/healthz/..%2Flogin",
-        "/healthz/..%2flogin",
-        "/healthz/..%5Clogin",
-        "/healthz/%2E%2E%2Flogin",
-        "/healthz/..%252Flogin",
-        "/healthz/..%3B/login",
-        "/healthz;a=b/../login",
-    ] {
-        let answer = envoy.get(sneaky, &bad);
-        assert_eq!(answer.status, 429, "{sneaky}: {answer:?}");
+    for path in sneaky {
+        let answer = envoy.get(path, &bad);
+        assert_eq!(answer.status, 429, "{path}: {answer:?}");
     }
     assert_eq!(
         upstream.count(),
         before,
         "no sneaky path reached the upstream"
+    );
+}
+
+#[test]
+fn an_escaped_separator_in_an_exempt_path_is_no_way_around_a_block() {
+    // normalize_path and merge_slashes on (the harness's), path_with_escaped_slashes_action at
+    // Envoy's default (KEEP_UNCHANGED): %2F reaches the filter and the upstream as sent.
+    assert_no_way_around_a_block(
+        json!({}),
+        &[
+            "/healthz/..%2Flogin",
+            "/healthz/..%2flogin",
+            "/healthz/..%5Clogin",
+            "/healthz/%2E%2E%2Flogin",
+            "/healthz/..%252Flogin",
+            "/healthz/..%3B/login",
+            "/healthz;a=b/../login",
+        ],
+    );
+}
+
+#[test]
+fn an_exempt_path_is_no_way_around_a_block_with_envoys_path_defaults() {
+    // normalize_path and merge_slashes off (Envoy's defaults): dot segments and empty segments
+    // reach the filter as sent; an upstream that merges slashes first reads `//../` differently.
+    assert_no_way_around_a_block(
+        json!({"normalize_path": false, "merge_slashes": false}),
+        &[
+            "/healthz/../login",
+            "/healthz//../login",
+            "/healthz/x//../../login",
+            "/healthz/..%2Flogin",
+            "/healthz/%2e%2e/login",
+        ],
     );
 }
 

@@ -11,7 +11,7 @@ fuzz_target!(|raw: &str| {
     assert!(normalized.starts_with('/'));
     if path::is_exempt(raw, &exempt) {
         let lower = path::path_only(raw).to_ascii_lowercase();
-        for escape in ["%2f", "%5c", "%2e", "%3b", "%00", "%25", ";", "\\"] {
+        for escape in ["%2f", "%5c", "%2e", "%3b", "%00", "%25", ";", "\\", "//"] {
             assert!(!lower.contains(escape), "{raw:?} exempt with {escape}");
         }
         assert!(exempt
