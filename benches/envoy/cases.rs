@@ -256,6 +256,26 @@ impl Spec {
         }
     }
 
+    /// An Envoy with `config` that has answered one failing request, once `metric` shows it
+    /// (the entry stored, the client blocked).
+    fn after_one_failure(
+        &self,
+        upstream: u16,
+        wasm: Option<&Path>,
+        config: Value,
+        metric: &str,
+    ) -> Envoy {
+        let envoy = Envoy::start(bench_options(upstream, wasm, config));
+        let first = envoy.get("/fail", &[("authorization", BAD_TOKEN)]);
+        assert_eq!(
+            first.status, 401,
+            "{}: failing request: {first:?}",
+            self.name
+        );
+        envoy.wait_metric(metric, 1);
+        envoy
+    }
+
     /// Starts its Envoy and sets it up; facts worth reporting go to `notes`.
     fn start(self, upstream: u16, notes: &mut Vec<String>) -> Case {
         let wasm = self.wasm.as_deref();
@@ -290,31 +310,14 @@ impl Spec {
             Start::Hit => {
                 let mut config = negcache_config(json!({}));
                 config["rate_limit"] = json!({"enabled": false});
-                let envoy = Envoy::start(bench_options(upstream, wasm, config));
-                let first = envoy.get("/fail", &[("authorization", BAD_TOKEN)]);
-                assert_eq!(
-                    first.status, 401,
-                    "{}: storing request: {first:?}",
-                    self.name
-                );
-                envoy.wait_metric("negcache_stores_total", 1);
-                envoy
+                self.after_one_failure(upstream, wasm, config, "negcache_stores_total")
             }
-            Start::Block => {
-                let envoy = Envoy::start(bench_options(
-                    upstream,
-                    wasm,
-                    negcache_config(json!({"max_failures": 0, "block_seconds": 3600})),
-                ));
-                let first = envoy.get("/fail", &[("authorization", BAD_TOKEN)]);
-                assert_eq!(
-                    first.status, 401,
-                    "{}: failing request: {first:?}",
-                    self.name
-                );
-                envoy.wait_metric("negcache_ratelimit_blocks_total", 1);
-                envoy
-            }
+            Start::Block => self.after_one_failure(
+                upstream,
+                wasm,
+                negcache_config(json!({"max_failures": 0, "block_seconds": 3600})),
+                "negcache_ratelimit_blocks_total",
+            ),
         };
         Case {
             name: self.name,
