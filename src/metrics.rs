@@ -51,6 +51,11 @@ metrics! {
     ClientIpUntrustedHeader => "negcache_client_ip_untrusted_header_total", Counter;
     ClientIpUnresolved => "negcache_client_ip_unresolved_total", Counter;
     ClientIpHeaderDerivedPeer => "negcache_client_ip_header_derived_peer_total", Counter;
+    ClusterCalls => "negcache_cluster_calls_total", Counter;
+    ClusterOverLimit => "negcache_cluster_over_limit_total", Counter;
+    ClusterErrors => "negcache_cluster_errors_total", Counter;
+    ClusterBreakerOpen => "negcache_cluster_breaker_open_total", Counter;
+    ClusterSkipped => "negcache_cluster_skipped_total", Counter;
 }
 
 impl Metric {
