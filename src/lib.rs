@@ -3,6 +3,7 @@
 
 pub mod client_ip;
 pub mod clock;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod cors;

@@ -105,13 +105,19 @@ impl ClientRecord {
         if self.failures <= config.max_failures {
             return None;
         }
+        Some(self.start_block(now_ms, config))
+    }
+
+    /// Starts a block at `now_ms` (escalated for a repeat offender) and forgets the window;
+    /// returns its length.
+    fn start_block(&mut self, now_ms: u64, config: &RateLimitConfig) -> u64 {
         let length = next_block_len(self, now_ms, config);
         self.block_until_ms = now_ms.saturating_add(length);
         self.block_len_ms = length;
         self.failures = 0;
         self.window_start_ms = 0;
         self.inflight = 0;
-        Some(length)
+        length
     }
 }
 
@@ -264,6 +270,44 @@ pub fn finish<S: SharedStore>(
     })
 }
 
+/// The fleet's verdict (cluster mode: the rate limit service answered `OVER_LIMIT`): blocks
+/// the client as its own count would have, escalation included. A client already blocked keeps
+/// its block, as a failure while blocked changes nothing.
+pub fn block<S: SharedStore>(
+    store: &S,
+    table: &SlotTable,
+    config: &RateLimitConfig,
+    client: &Fingerprint,
+    now_ms: u64,
+) -> Result<Outcome, StoreError> {
+    table.update(store, client, |slots| {
+        let (slot, mut record) = match own_slot(slots, client, config.epoch) {
+            Some((_, record)) if record.blocked_at(now_ms) => {
+                return (Outcome::default(), None);
+            }
+            Some(found) => found,
+            None => {
+                let record = ClientRecord {
+                    epoch: config.epoch,
+                    client: *client,
+                    ..ClientRecord::default()
+                };
+                (place_new(slots, now_ms, config), record)
+            }
+        };
+        let outcome = Outcome {
+            counted: false,
+            block_ms: Some(record.start_block(now_ms, config)),
+            newly_used: slot.bytes.is_empty(),
+        };
+        let write = Write {
+            slot,
+            bytes: record.encode(),
+        };
+        (outcome, Some(write))
+    })
+}
+
 /// Where a new client goes: an empty or unreadable slot, else an expired one, else the live
 /// counter with fewer failures, else (both slots hold live blocks) the block ending first.
 ///
@@ -357,6 +401,11 @@ mod tests {
             self.end(who, now, false, reservation)
         }
 
+        /// The rate limit service answered `OVER_LIMIT` for this client.
+        fn fleet_block(&self, who: u8, now: u64) -> Outcome {
+            block(&self.store, &self.table, &self.config, &client(who), now).unwrap()
+        }
+
         /// A sequential request: admitted, then failing.
         fn attempt(&self, who: u8, now: u64) -> Admission {
             let admission = self.admit(who, now);
@@ -368,6 +417,48 @@ mod tests {
             self.fail(who, now, reservation);
             admission
         }
+    }
+
+    #[test]
+    fn the_fleets_verdict_blocks_a_client_the_local_count_has_not() {
+        let limiter = Limiter::new(r#"{"rate_limit": {"max_failures": 3, "block_seconds": 60}}"#);
+        limiter.fail(1, T0, None);
+        let outcome = limiter.fleet_block(1, T0 + 10);
+        assert_eq!(outcome.block_ms, Some(60_000));
+        assert!(!outcome.counted);
+        assert_eq!(
+            limiter.admit(1, T0 + 11),
+            Admission::Blocked {
+                until_ms: T0 + 10 + 60_000
+            }
+        );
+        // Another client, never seen here, blocked by the fleet: gets a slot of its own.
+        let outcome = limiter.fleet_block(2, T0 + 20);
+        assert!(outcome.newly_used);
+        assert!(matches!(
+            limiter.admit(2, T0 + 21),
+            Admission::Blocked { .. }
+        ));
+        assert_eq!(limiter.admit(3, T0 + 21), Admission::Pass);
+    }
+
+    #[test]
+    fn the_fleets_verdict_keeps_a_block_in_force_and_escalates_a_repeat_offender() {
+        let limiter = Limiter::new(
+            r#"{"rate_limit": {"block_seconds": 60,
+                "escalation": {"factor": 2, "max_block_seconds": 600}}}"#,
+        );
+        assert_eq!(limiter.fleet_block(1, T0).block_ms, Some(60_000));
+        // While blocked: nothing changes (the block is not extended).
+        assert_eq!(limiter.fleet_block(1, T0 + 30_000).block_ms, None);
+        assert_eq!(
+            limiter.admit(1, T0 + 59_999),
+            Admission::Blocked {
+                until_ms: T0 + 60_000
+            }
+        );
+        // Blocked again soon after: twice as long.
+        assert_eq!(limiter.fleet_block(1, T0 + 61_000).block_ms, Some(120_000));
     }
 
     #[test]

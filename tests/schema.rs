@@ -321,6 +321,52 @@ fn the_schema_and_the_filter_agree_on_bounds_names_and_shapes() {
             false,
         ),
         (json!({"rate_limit": {"enabled": 1}}), false),
+        (json!({"rate_limit": {"cluster": null}}), true),
+        (json!({"rate_limit": {"cluster": {}}}), false),
+        (
+            json!({"rate_limit": {"cluster": {"rls_cluster": "rls"}}}),
+            true,
+        ),
+        (
+            json!({"rate_limit": {"cluster": {"rls_cluster": "outbound|8081||limitador.kuadrant-system.svc.cluster.local"}}}),
+            true,
+        ),
+        (
+            json!({"rate_limit": {"cluster": {"rls_cluster": "a b"}}}),
+            false,
+        ),
+        (
+            json!({"rate_limit": {"cluster": {"rls_cluster": ""}}}),
+            false,
+        ),
+        (
+            json!({"rate_limit": {"cluster": {"rls_cluster": "r", "domain": "x".repeat(256)}}}),
+            false,
+        ),
+        (
+            json!({"rate_limit": {"cluster": {"rls_cluster": "r", "timeout_ms": 10_000}}}),
+            true,
+        ),
+        (
+            json!({"rate_limit": {"cluster": {"rls_cluster": "r", "timeout_ms": 10_001}}}),
+            false,
+        ),
+        (
+            json!({"rate_limit": {"cluster": {"rls_cluster": "r", "breaker": {"open_seconds": 0}}}}),
+            false,
+        ),
+        (
+            json!({"rate_limit": {"cluster": {"rls_cluster": "r", "breaker": {"consecutive_errors": 1000}}}}),
+            true,
+        ),
+        (
+            json!({"rate_limit": {"cluster": {"rls_cluster": "r", "breaker": {"consecutive_errors": 1001}}}}),
+            false,
+        ),
+        (
+            json!({"rate_limit": {"cluster": {"rls_cluster": "r", "retries": 1}}}),
+            false,
+        ),
         (json!({"cors": {"expose_headers": ["retry-after"]}}), true),
         (json!({"cors": {"expose_headers": ["retry after"]}}), false),
         (json!({"cors": {"allow_credentials": "yes"}}), false),

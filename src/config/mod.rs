@@ -210,6 +210,22 @@ pub struct RateLimitConfig {
     pub ratelimit_headers: bool,
     pub capacity: u32,
     pub epoch: u32,
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Cluster mode: where the rate limit service is, and how long to wait for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub rls_cluster: String,
+    pub domain: String,
+    pub timeout_ms: u64,
+    pub breaker: BreakerConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    pub consecutive_errors: u32,
+    pub open_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,12 +22,22 @@ pub const MAX_PATH_SEGMENT: u64 = 64;
 pub const MAX_FAILURES: u64 = 1_000_000;
 pub const MAX_ESCALATION_FACTOR: u64 = 1000;
 pub const MAX_EPOCH: u64 = u32::MAX as u64;
+/// Longest wait for the rate limit service: a failing response is held that long at most.
+pub const MAX_CLUSTER_TIMEOUT_MS: u64 = 10_000;
+pub const MAX_BREAKER_ERRORS: u64 = 1000;
+/// Longest time the breaker stays open: 1 hour.
+pub const MAX_BREAKER_OPEN_SECONDS: u64 = 3600;
+/// Longest cluster name or domain: Istio's `outbound|PORT|SUBSET|HOST` names fit.
+pub const MAX_CLUSTER_NAME: u64 = 255;
 /// Statuses that can be cached or counted as failures.
 pub const CLIENT_ERRORS: std::ops::RangeInclusive<u16> = 400..=499;
 
 /// An RFC 9110 token, as `header_name::is_valid_header_name` accepts it.
 #[cfg(feature = "schema")]
 const TOKEN: &str = r"^[0-9A-Za-z!#$%&'*+.^_`|~-]+$";
+/// Printable ASCII without spaces: cluster names and RLS domains.
+#[cfg(feature = "schema")]
+const PRINTABLE: &str = "^[!-~]+$";
 /// Status keys the filter accepts: exactly three digits, 400-499.
 #[cfg(feature = "schema")]
 const CLIENT_ERROR_STATUS: &str = "^4[0-9][0-9]$";
@@ -302,6 +312,11 @@ pub struct RateLimit {
     #[serde(deserialize_with = "de::whole")]
     #[cfg_attr(feature = "schema", schemars(range(max = MAX_EPOCH)))]
     pub epoch: u64,
+    /// Cluster mode: failures are also counted by a rate limit service shared by every replica;
+    /// absent or `null`, this Envoy counts alone.
+    #[serde(deserialize_with = "de::nullable_object")]
+    #[cfg_attr(feature = "schema", serde(skip_serializing_if = "Option::is_none"))]
+    pub cluster: Option<Cluster>,
 }
 
 impl Default for RateLimit {
@@ -319,6 +334,70 @@ impl Default for RateLimit {
             ratelimit_headers: false,
             capacity: 65_536,
             epoch: 0,
+            cluster: None,
+        }
+    }
+}
+
+/// The rate limit service (Envoy's RLS v3 API, e.g. Limitador) counting failures fleet-wide.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(Serialize, JsonSchema))]
+#[serde(default, deny_unknown_fields)]
+// The one field without a default: left out, it reads as empty and validation names it.
+#[cfg_attr(feature = "schema", schemars(extend("required" = ["rls_cluster"])))]
+pub struct Cluster {
+    /// The Envoy cluster that reaches the service over HTTP/2.
+    #[cfg_attr(
+        feature = "schema",
+        serde(skip_serializing_if = "String::is_empty"),
+        schemars(length(min = 1, max = MAX_CLUSTER_NAME), regex(pattern = PRINTABLE))
+    )]
+    pub rls_cluster: String,
+    /// The service's domain (Limitador's namespace).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1, max = MAX_CLUSTER_NAME), regex(pattern = PRINTABLE))
+    )]
+    pub domain: String,
+    /// How long a failing response waits for the service's answer.
+    #[serde(deserialize_with = "de::whole")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = MAX_CLUSTER_TIMEOUT_MS)))]
+    pub timeout_ms: u64,
+    #[serde(deserialize_with = "de::object")]
+    pub breaker: Breaker,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            rls_cluster: String::new(),
+            domain: "negcache".into(),
+            timeout_ms: 20,
+            breaker: Breaker::default(),
+        }
+    }
+}
+
+/// Stops calling a failing service for a while, so a dead one costs no latency.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(Serialize, JsonSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct Breaker {
+    /// Failed calls in a row that open it.
+    #[serde(deserialize_with = "de::whole")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = MAX_BREAKER_ERRORS)))]
+    pub consecutive_errors: u64,
+    /// How long it stays open before one trial call.
+    #[serde(deserialize_with = "de::whole")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = MAX_BREAKER_OPEN_SECONDS)))]
+    pub open_seconds: u64,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            consecutive_errors: 5,
+            open_seconds: 10,
         }
     }
 }

@@ -482,6 +482,46 @@ fn every_bad_field_is_named_with_its_reason() {
             "hash_secret_env",
             "must name an environment variable",
         ),
+        (
+            r#"{"rate_limit": {"cluster": {}}}"#,
+            "rate_limit.cluster.rls_cluster",
+            "is required",
+        ),
+        (
+            r#"{"rate_limit": {"cluster": {"rls_cluster": "rls", "domian": "x"}}}"#,
+            "rate_limit.cluster.domian",
+            "unknown field `domian`",
+        ),
+        (
+            r#"{"rate_limit": {"cluster": {"rls_cluster": "rate limit"}}}"#,
+            "rate_limit.cluster.rls_cluster",
+            "printable ASCII characters without spaces",
+        ),
+        (
+            r#"{"rate_limit": {"cluster": {"rls_cluster": "rls", "domain": ""}}}"#,
+            "rate_limit.cluster.domain",
+            "1 to 255",
+        ),
+        (
+            r#"{"rate_limit": {"cluster": {"rls_cluster": "rls", "timeout_ms": 0}}}"#,
+            "rate_limit.cluster.timeout_ms",
+            "between 1 and 10000",
+        ),
+        (
+            r#"{"rate_limit": {"cluster": {"rls_cluster": "rls", "breaker": {"open_seconds": 3601}}}}"#,
+            "rate_limit.cluster.breaker.open_seconds",
+            "between 1 and 3600",
+        ),
+        (
+            r#"{"rate_limit": {"cluster": {"rls_cluster": "rls", "breaker": {"consecutive_errors": 0}}}}"#,
+            "rate_limit.cluster.breaker.consecutive_errors",
+            "between 1 and 1000",
+        ),
+        (
+            r#"{"rate_limit": {"enabled": false, "cluster": {"rls_cluster": "rls"}}}"#,
+            "rate_limit.cluster",
+            "needs rate_limit.enabled",
+        ),
         ("{} x", "", "not valid JSON: trailing characters at line 1 column 4"),
         (r#"{"a\nb": 1}"#, "a\nb", "unknown field `a\nb`"),
         (
@@ -521,4 +561,30 @@ fn escalation_left_out_is_capped_no_lower_than_the_block() {
     );
     let off = parse(r#"{"rate_limit": {"escalation": null}}"#).unwrap();
     assert_eq!(off.rate_limit.escalation, None);
+}
+
+#[test]
+fn cluster_mode_is_off_unless_given_and_fills_in_its_defaults() {
+    assert_eq!(parse("{}").unwrap().rate_limit.cluster, None);
+    assert_eq!(
+        parse(r#"{"rate_limit": {"cluster": null}}"#)
+            .unwrap()
+            .rate_limit
+            .cluster,
+        None
+    );
+    let config = parse(r#"{"rate_limit": {"cluster": {"rls_cluster": "outbound|8081||limitador.kuadrant-system.svc.cluster.local"}}}"#)
+        .unwrap();
+    assert_eq!(
+        config.rate_limit.cluster,
+        Some(ClusterConfig {
+            rls_cluster: "outbound|8081||limitador.kuadrant-system.svc.cluster.local".into(),
+            domain: "negcache".into(),
+            timeout_ms: 20,
+            breaker: BreakerConfig {
+                consecutive_errors: 5,
+                open_ms: 10_000,
+            },
+        })
+    );
 }

@@ -9,8 +9,9 @@ use crate::client_ip::{self, MappedTooWide};
 
 use super::raw::{self, KeyPart};
 use super::{
-    ClientIpConfig, ClientIpHeader, Config, ConfigError, CredentialSource, Escalation,
-    InactiveRule, KeyShape, NegativeCacheConfig, RateLimitConfig, SecretSource, StatusRule,
+    BreakerConfig, ClientIpConfig, ClientIpHeader, ClusterConfig, Config, ConfigError,
+    CredentialSource, Escalation, InactiveRule, KeyShape, NegativeCacheConfig, RateLimitConfig,
+    SecretSource, StatusRule,
 };
 use crate::cors::{CorsConfig, OriginPattern};
 use crate::header_name::is_valid_header_name;
@@ -252,8 +253,68 @@ impl TryFrom<raw::RateLimit> for RateLimitConfig {
             capacity: bounded(raw.capacity, 1, raw::MAX_CAPACITY)
                 .map_err(|e| e.within("capacity"))?,
             epoch: bounded(raw.epoch, 0, raw::MAX_EPOCH).map_err(|e| e.within("epoch"))?,
+            cluster: match raw.cluster {
+                None => None,
+                Some(_) if !raw.enabled => {
+                    return Err(ConfigError::new(
+                        "cluster",
+                        "cluster mode counts the rate limit's failures: it needs \
+                         rate_limit.enabled (leave cluster out, or enable the rate limit)",
+                    ))
+                }
+                Some(cluster) => {
+                    Some(ClusterConfig::try_from(cluster).map_err(|e| e.within("cluster"))?)
+                }
+            },
         })
     }
+}
+
+impl TryFrom<raw::Cluster> for ClusterConfig {
+    type Error = ConfigError;
+
+    fn try_from(raw: raw::Cluster) -> Result<ClusterConfig, ConfigError> {
+        if raw.rls_cluster.is_empty() {
+            return Err(ConfigError::new(
+                "rls_cluster",
+                "is required: the name of the Envoy cluster that reaches the rate limit service",
+            ));
+        }
+        Ok(ClusterConfig {
+            rls_cluster: cluster_name(raw.rls_cluster).map_err(|e| e.within("rls_cluster"))?,
+            domain: cluster_name(raw.domain).map_err(|e| e.within("domain"))?,
+            timeout_ms: bounded(raw.timeout_ms, 1, raw::MAX_CLUSTER_TIMEOUT_MS)
+                .map_err(|e| e.within("timeout_ms"))?,
+            breaker: BreakerConfig {
+                consecutive_errors: bounded(
+                    raw.breaker.consecutive_errors,
+                    1,
+                    raw::MAX_BREAKER_ERRORS,
+                )
+                .map_err(|e| e.within("breaker.consecutive_errors"))?,
+                open_ms: bounded::<u64>(raw.breaker.open_seconds, 1, raw::MAX_BREAKER_OPEN_SECONDS)
+                    .map_err(|e| e.within("breaker.open_seconds"))?
+                    * 1000,
+            },
+        })
+    }
+}
+
+/// A cluster name or domain: 1 to 255 printable ASCII characters (Envoy's and Istio's cluster
+/// names, RLS domains); an empty domain is answered `UNKNOWN` by the service.
+fn cluster_name(name: String) -> Result<String, ConfigError> {
+    let printable = name.bytes().all(|b| b.is_ascii_graphic());
+    if name.is_empty() || name.len() as u64 > raw::MAX_CLUSTER_NAME || !printable {
+        return Err(ConfigError::new(
+            "",
+            format!(
+                "must be 1 to {} printable ASCII characters without spaces, got {}",
+                raw::MAX_CLUSTER_NAME,
+                quoted(&name)
+            ),
+        ));
+    }
+    Ok(name)
 }
 
 fn escalation(raw: raw::Escalation, block_ms: u64) -> Result<Escalation, ConfigError> {

@@ -11,10 +11,12 @@
 //!
 //! The limiter hears how a request ended through a `Tally` that a step hands out (a hit that
 //! replays a failure, a response, the end of the stream) and the adapter passes to `count`:
-//! the count is a step of its own, so something may run between a failure and its verdict.
+//! the count is a step of its own. In cluster mode `cluster_call` then says whether a counted
+//! failure goes to the rate limit service, and `cluster_answer` applies its answer.
 
 mod body;
 mod client;
+mod cluster;
 mod decision;
 mod host;
 mod report;
@@ -26,6 +28,7 @@ mod tally;
 #[cfg(test)]
 mod tests;
 
+pub use cluster::ClusterCall;
 pub use decision::Decision;
 pub use host::Host;
 pub use report::Report;
@@ -66,6 +69,8 @@ pub struct Exchange {
     replied_locally: bool,
     /// A response being stored whose body is still streaming past.
     capture: Option<body::Capture>,
+    /// A call to the rate limit service under way (cluster mode).
+    pending_call: Option<cluster::PendingCall>,
 }
 
 #[derive(Clone, Copy)]

@@ -15,7 +15,7 @@ use crate::rate_limit::{self, Outcome};
 /// writes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tally {
-    client: Fingerprint,
+    pub(super) client: Fingerprint,
     failed: bool,
     reservation: Option<u64>,
 }

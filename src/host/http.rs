@@ -2,7 +2,7 @@
 //! (`exchange::Exchange`), and writes back what the core decided.
 
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -12,6 +12,7 @@ use super::ffi;
 use super::metrics::Metrics;
 use super::store::EnvoyStore;
 use crate::clock::Clock;
+use crate::cluster::rls;
 use crate::exchange::{Exchange, Host, Report, Tally, Verdict};
 use crate::filter_config::FilterConfig;
 use crate::reply::LocalReply;
@@ -27,6 +28,11 @@ pub struct NegcacheHttp {
     /// The request's headers as the host serialized them, kept for the rare response that
     /// needs the request line again (an entry to store, a purge), so a request copies nothing.
     request_headers: Vec<u8>,
+    /// The response waits for the rate limit service's answer (cluster mode). Pausing at the
+    /// response headers stops the whole response: Envoy's wasm host turns it into
+    /// StopAllIterationAndWatermark, so the body is buffered up to the buffer limit, then
+    /// the upstream is no longer read, and no body callback runs until the response goes on.
+    held: bool,
 }
 
 /// What the core asks of Envoy.
@@ -55,6 +61,7 @@ impl NegcacheHttp {
             metrics,
             exchange: Exchange::default(),
             request_headers: Vec::new(),
+            held: false,
         }
     }
 
@@ -72,6 +79,50 @@ impl NegcacheHttp {
             let _ = self.exchange.count(filter, &Envoy, tally, report);
         }
     }
+
+    /// Counts a response's failure, then (cluster mode) sends it to the rate limit service;
+    /// returns whether the response waits for the answer.
+    fn count_response(
+        &mut self,
+        filter: &FilterConfig,
+        tally: Option<Tally>,
+        report: &mut Report,
+    ) -> bool {
+        let Some(tally) = tally else {
+            return false;
+        };
+        let outcome = self.exchange.count(filter, &Envoy, tally, report);
+        let Some(call) = self
+            .exchange
+            .cluster_call(filter, &Envoy, tally, outcome, report)
+        else {
+            return false;
+        };
+        let Some(cluster) = filter.config.rate_limit.cluster.as_ref() else {
+            return false;
+        };
+        let dispatched = self.dispatch_grpc_call(
+            &cluster.rls_cluster,
+            rls::SERVICE,
+            rls::METHOD,
+            Vec::new(),
+            Some(&call.message),
+            Duration::from_millis(cluster.timeout_ms),
+        );
+        if dispatched.is_err() {
+            // No such cluster, or the host refused the call: a failed call, answered now.
+            self.exchange.cluster_answer(filter, &Envoy, None, report);
+            return false;
+        }
+        call.holds()
+    }
+
+    /// Lets a held response go on.
+    fn release(&mut self) {
+        if std::mem::take(&mut self.held) {
+            let _ = hostcalls::resume_http_response();
+        }
+    }
 }
 
 /// Sends one of the filter's own replies; `false` when the host refused it.
@@ -84,7 +135,24 @@ fn send(local: &LocalReply) -> bool {
     hostcalls::send_http_response(u32::from(local.status), headers, Some(&local.body)).is_ok()
 }
 
-impl Context for NegcacheHttp {}
+impl Context for NegcacheHttp {
+    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
+        let Some(filter) = self.filter.clone() else {
+            return;
+        };
+        let body = (status_code == 0).then(|| {
+            hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        });
+        let mut report = Report::default();
+        self.exchange
+            .cluster_answer(&filter, &Envoy, body.as_deref(), &mut report);
+        self.metrics.absorb(&mut report.counts);
+        self.release();
+    }
+}
 
 impl HttpContext for NegcacheHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -131,7 +199,7 @@ impl HttpContext for NegcacheHttp {
             ffi::header_value(MapType::HttpResponseHeaders, name)
         });
         let mut report = Report::default();
-        self.count(&filter, plan.tally, &mut report);
+        self.held = self.count_response(&filter, plan.tally, &mut report);
         if plan.needs_headers() {
             let map = ffi::header_map(MapType::HttpResponseHeaders);
             let response = map.as_deref().and_then(Headers::from_serialized);
@@ -153,7 +221,11 @@ impl HttpContext for NegcacheHttp {
             let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
         }
         self.record(report);
-        Action::Continue
+        if self.held {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

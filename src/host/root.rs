@@ -11,6 +11,7 @@ use proxy_wasm::types::{BufferType, ContextType};
 use super::http::NegcacheHttp;
 use super::metrics::Metrics;
 use super::store::EnvoyStore;
+use crate::cluster::breaker;
 use crate::config::{Config, ConfigError, SecretSource};
 use crate::filter_config::FilterConfig;
 use crate::secret;
@@ -63,6 +64,11 @@ impl RootContext for NegcacheRoot {
                 if filter.config.rate_limit.enabled {
                     if let Err(e) = filter.clients.create_slots(&EnvoyStore) {
                         warn!("negcache: could not create the rate limit slots: {e:?}");
+                    }
+                }
+                if filter.config.rate_limit.cluster.is_some() {
+                    if let Err(e) = breaker::create(&EnvoyStore) {
+                        warn!("negcache: could not create the cluster breaker: {e:?}");
                     }
                 }
                 self.generated_secret = generated_secret;

@@ -35,6 +35,7 @@ mod envoy;
 mod h2;
 mod http;
 pub mod load;
+pub mod rls;
 mod upstream;
 
 use std::fs;
@@ -81,7 +82,7 @@ where
 /// hang into a failure, never a performance assertion.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-fn manifest_dir() -> PathBuf {
+pub fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 

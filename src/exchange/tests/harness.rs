@@ -2,9 +2,14 @@
 //! a clock that counts its reads and a fake peer, and records what a client, the upstream and
 //! the access log would have seen.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use prost::Message;
 
 use crate::clock::Clock;
+use crate::cluster::rls::{RateLimitRequest, RateLimitResponse};
 use crate::config::Config;
 use crate::exchange::{Decision, Exchange, Host, Report, Tally, Verdict};
 use crate::filter_config::FilterConfig;
@@ -138,6 +143,8 @@ pub struct Seen {
     pub full_maps_read: bool,
     /// The upstream's response was cut off after this many chunks (a reset mid-body).
     cut_after: Option<usize>,
+    /// The response waited for the rate limit service's answer.
+    pub held: bool,
 }
 
 impl Seen {
@@ -175,9 +182,43 @@ impl Flight {
     }
 }
 
+/// A rate limit service as Limitador runs one limit: a fixed window per descriptor value is
+/// left out (tests advance no further than one window), a hit over the limit is answered
+/// `OVER_LIMIT` and not counted. `down`: every call fails. Shared by the replicas of a test.
+#[derive(Default)]
+pub struct FakeRls {
+    pub limit: u32,
+    pub down: bool,
+    pub counts: HashMap<String, u32>,
+    /// Every request received, decoded.
+    pub requests: Vec<RateLimitRequest>,
+}
+
+impl FakeRls {
+    /// The answer's bytes, or `None` for a failed call.
+    fn answer(&mut self, message: &[u8]) -> Option<Vec<u8>> {
+        let request = RateLimitRequest::decode(message).unwrap();
+        let value = request.descriptors[0].entries[0].value.clone();
+        self.requests.push(request);
+        if self.down {
+            return None;
+        }
+        let count = self.counts.entry(value).or_default();
+        let code = if *count >= self.limit {
+            2
+        } else {
+            *count += 1;
+            1
+        };
+        Some(RateLimitResponse { overall_code: code }.encode_to_vec())
+    }
+}
+
 pub struct Proxy {
     pub filter: FilterConfig,
     pub host: FakeHost,
+    /// The rate limit service cluster mode calls, answering at once.
+    pub rls: Rc<RefCell<FakeRls>>,
     /// Every metric update so far.
     counts: PendingCounts,
 }
@@ -196,11 +237,23 @@ impl Proxy {
         };
         filter.tables.records.create_slots(&host.store).unwrap();
         filter.clients.create_slots(&host.store).unwrap();
+        crate::cluster::breaker::create(&host.store).unwrap();
         Proxy {
             filter,
             host,
+            rls: Rc::new(RefCell::new(FakeRls::default())),
             counts: PendingCounts::default(),
         }
+    }
+
+    /// Another replica: the same configuration, its own shared data (another Envoy process),
+    /// the same rate limit service. The clock is shared (one thread-local).
+    pub fn replica(&self, json: &str) -> Proxy {
+        let now = NOW.with(Cell::get);
+        let mut replica = Proxy::new(json);
+        NOW.with(|clock| clock.set(now));
+        replica.rls = self.rls.clone();
+        replica
     }
 
     pub fn advance(&self, ms: u64) {
@@ -302,7 +355,15 @@ impl Proxy {
                 .map(|(_, v)| v.clone().into_bytes())
         });
         let mut report = Report::default();
-        self.tally(exchange, plan.tally, &mut report);
+        if let Some(tally) = plan.tally {
+            let outcome = exchange.count(&self.filter, &self.host, tally, &mut report);
+            let call = exchange.cluster_call(&self.filter, &self.host, tally, outcome, &mut report);
+            if let Some(call) = call {
+                flight.seen.held = call.holds();
+                let answer = self.rls.borrow_mut().answer(&call.message);
+                exchange.cluster_answer(&self.filter, &self.host, answer.as_deref(), &mut report);
+            }
+        }
         if plan.needs_headers() {
             flight.seen.full_maps_read = true;
             let map = Headers::from_pairs(&headers);

@@ -2,6 +2,7 @@
 //! client gets, whether the upstream is asked, what is stored, counted and logged.
 
 mod cache;
+mod cluster;
 mod flow;
 mod harness;
 mod limit;
