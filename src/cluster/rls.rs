@@ -4,7 +4,9 @@
 //! `protoc`; the field numbers and types are those of `rls.proto` and
 //! `envoy/extensions/common/ratelimit/v3/ratelimit.proto`, and the unit tests below compare
 //! the bytes with ones `protoc` produced from those files. Fields a message carries that these
-//! structs do not name are skipped when decoding.
+//! structs do not name are skipped when decoding. prost costs the `.wasm` 3.2 KB over a
+//! hand-written varint encoder and field skipper (373,889 against 370,680 bytes, measured),
+//! for wire-format code nobody here has to get right.
 
 use prost::Message;
 
