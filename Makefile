@@ -2,6 +2,7 @@
 #
 #   make setup   wasm32-wasip1 target, binaryen (wasm-opt), Envoy 1.40 in .venv (idempotent)
 #   make build   build the filter, shrink it with wasm-opt: target/negcache.wasm, envoy/negcache.wasm
+#   make dist    build, then dist/: negcache-VERSION.wasm, its .sha256, an OCI image layout for Istio
 #   make run     demo: upstream on :8080 + Envoy on :10000 (Ctrl-C stops both)
 #   make test    fmt check, clippy (native + wasm), compose demo, fuzz smoke run, unit + end-to-end tests
 #                (with setup-cluster first)
@@ -37,7 +38,7 @@ FAULT_WASM    := target/negcache-fault.wasm
 # The floor filters as the bench loads them: through the same wasm-opt as negcache.
 FLOOR_WASM    := target/floor/negcache_floor.wasm
 
-.PHONY: setup setup-cluster build build-fault run test compose-test lint fmt fuzz schema bench soak clean
+.PHONY: setup setup-cluster build build-fault dist run test compose-test lint fmt fuzz schema bench soak clean
 
 setup:
 	@installed="$$(rustup target list --installed)"; \
@@ -94,6 +95,11 @@ build:
 build-fault:
 	cargo build --target $(WASM_TARGET) --release --features test-fault --target-dir target/fault
 	@cp target/fault/$(WASM_TARGET)/release/negcache.wasm $(FAULT_WASM)
+
+# What a release ships (scripts/dist.sh; installs skopeo when missing and run as root): prints
+# the push command, the image's manifest digest and the .wasm's SHA-256.
+dist: setup build
+	scripts/dist.sh dist
 
 run: setup build
 	@envoy/run-demo.sh $(ENVOY_BIN)
@@ -173,3 +179,4 @@ soak: setup build
 clean:
 	cargo clean
 	rm -f envoy/negcache.wasm
+	rm -rf dist
