@@ -70,13 +70,24 @@ fn readme_section(heading: &str) -> String {
 
 /// The first fenced block of `language` in `text`.
 fn fenced_block(text: &str, language: &str) -> String {
-    let open = format!("```{language}\n");
-    let start = text
-        .find(&open)
+    fenced_blocks(text, language)
+        .into_iter()
+        .next()
         .unwrap_or_else(|| panic!("no ```{language} block"))
-        + open.len();
-    let end = text[start..].find("\n```").expect("an unclosed block") + start;
-    text[start..=end].to_string()
+}
+
+/// Every fenced block of `language` in `text`, in order.
+fn fenced_blocks(text: &str, language: &str) -> Vec<String> {
+    let open = format!("```{language}\n");
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(&open) {
+        let start = at + open.len();
+        let end = rest[start..].find("\n```").expect("an unclosed block") + start;
+        blocks.push(rest[start..=end].to_string());
+        rest = &rest[end..];
+    }
+    blocks
 }
 
 /// The negcache plugin configurations in an Envoy bootstrap: the `configuration.value` of
@@ -135,13 +146,47 @@ fn shipped_configs() -> Vec<(String, Value)> {
         serde_json::from_str(&configuration).unwrap(),
     ));
 
-    let wasm_plugin: Value =
-        serde_norway::from_str(&fenced_block(&readme_section("### Istio"), "yaml")).unwrap();
-    let plugin_config = wasm_plugin
-        .pointer("/spec/pluginConfig")
-        .expect("the WasmPlugin in README.md has spec.pluginConfig")
-        .clone();
-    configs.push(("README.md, Istio WasmPlugin".to_string(), plugin_config));
+    // The Istio WasmPlugins, and the README's per-environment patches of one (each a
+    // configuration of its own: every field is optional).
+    let mut istio_files: Vec<PathBuf> = fs::read_dir(repository().join("envoy/istio"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    istio_files.sort();
+    let mut plugins = Vec::new();
+    for path in istio_files {
+        let text = fs::read_to_string(&path).unwrap();
+        for (index, document) in serde_norway::Deserializer::from_str(&text).enumerate() {
+            let value: Value = serde::Deserialize::deserialize(document)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            plugins.push((format!("{} #{index}", path.display()), value));
+        }
+    }
+    let istio_section = readme_section("### Istio");
+    for (index, block) in fenced_blocks(&istio_section, "yaml")
+        .into_iter()
+        .enumerate()
+    {
+        let value: Value = serde_norway::from_str(&block).unwrap();
+        plugins.push((format!("README.md, Istio, yaml block {index}"), value));
+    }
+    let before = configs.len();
+    for (name, document) in plugins {
+        if document["kind"] == "WasmPlugin" {
+            let plugin_config = document
+                .pointer("/spec/pluginConfig")
+                .unwrap_or_else(|| panic!("{name}: a WasmPlugin without spec.pluginConfig"))
+                .clone();
+            configs.push((format!("{name}, WasmPlugin pluginConfig"), plugin_config));
+        }
+    }
+    assert!(
+        configs[before..]
+            .iter()
+            .any(|(name, _)| name.contains("envoy/istio/wasmplugin.yaml #0")),
+        "no WasmPlugin found in envoy/istio/wasmplugin.yaml"
+    );
     configs
 }
 
