@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::trials::{needing, Needs};
 use common::{Envoy, EnvoyOptions, Request, Response, TempDir, Upstream};
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::Arguments;
 use serde_json::{json, Value};
 
 const PAGE: &str = r#"<!doctype html>
@@ -62,8 +63,8 @@ type Body = fn(&Path);
 
 fn main() {
     let args = Arguments::from_args();
-    let browser = chromium();
-    let under_ci = std::env::var_os("CI").is_some();
+    let browser: Needs<PathBuf> =
+        chromium().ok_or_else(|| "no Chromium: apt-get install chromium, or set CHROMIUM".into());
     let trials: [(&str, Body); 3] = [
         (
             "a_web_app_reads_the_filters_replies_with_negcache_cors",
@@ -80,21 +81,7 @@ fn main() {
     ];
     let trials = trials
         .into_iter()
-        .map(|(name, body)| {
-            let browser = browser.clone();
-            Trial::ignorable_test(name, move || match browser {
-                Some(browser) => {
-                    body(&browser);
-                    Ok(Completion::Completed)
-                }
-                None if under_ci => Err(Failed::from(
-                    "Chromium is required under CI: apt-get install chromium",
-                )),
-                None => Ok(Completion::ignored_with(
-                    "no Chromium: apt-get install chromium, or set CHROMIUM",
-                )),
-            })
-        })
+        .map(|(name, body)| needing(name, &browser, move |path: PathBuf| body(&path)))
         .collect();
     libtest_mimic::run(&args, trials).exit();
 }

@@ -17,8 +17,9 @@ use std::thread;
 use std::time::Duration;
 
 use common::rls::{limitador_bin, redis_available, rls_cluster, shipped_limits, Limitador, Redis};
+use common::trials::{needing, plain, Needs};
 use common::{ClientResponse, Envoy, EnvoyOptions, Request, Response, Upstream};
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Arguments, Trial};
 use serde_json::{json, Value};
 
 /// The shipped limit: `max_value` 10, `seconds` 60.
@@ -376,12 +377,10 @@ fn a_cluster_envoy_does_not_know_fails_every_call_at_once() {
     assert_eq!(envoy.metric("negcache_ratelimit_failures_total"), 4);
 }
 
-type WithLimitador = fn(PathBuf);
-
 fn main() {
     let args = Arguments::from_args();
-    let under_ci = std::env::var_os("CI").is_some();
-    let services = redis_available().and_then(|()| limitador_bin());
+    let services: Needs<PathBuf> = redis_available().and_then(|()| limitador_bin());
+    type WithLimitador = fn(PathBuf);
     let with_limitador: [(&str, WithLimitador); 5] = [
         (
             "the_fleet_bound_holds_across_two_envoys_and_local_mode_exceeds_it",
@@ -403,31 +402,15 @@ fn main() {
     ];
     let mut trials: Vec<Trial> = with_limitador
         .into_iter()
-        .map(|(name, body)| {
-            let services = services.clone();
-            Trial::ignorable_test(name, move || match services {
-                Ok(bin) => {
-                    body(bin);
-                    Ok(Completion::Completed)
-                }
-                Err(why) if under_ci => Err(Failed::from(why)),
-                Err(why) => Ok(Completion::ignored_with(why)),
-            })
-        })
+        .map(|(name, body)| needing(name, &services, body))
         .collect();
-    trials.push(Trial::test(
+    trials.push(plain(
         "held_responses_reach_the_client_whole_whatever_their_size",
-        || {
-            held_responses_reach_the_client_whole_whatever_their_size();
-            Ok(())
-        },
+        held_responses_reach_the_client_whole_whatever_their_size,
     ));
-    trials.push(Trial::test(
+    trials.push(plain(
         "a_cluster_envoy_does_not_know_fails_every_call_at_once",
-        || {
-            a_cluster_envoy_does_not_know_fails_every_call_at_once();
-            Ok(())
-        },
+        a_cluster_envoy_does_not_know_fails_every_call_at_once,
     ));
     libtest_mimic::run(&args, trials).exit();
 }

@@ -14,8 +14,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::trials::{needing, plain, Needs};
 use common::{wasm_path, TempDir};
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Arguments, Trial};
 use serde_json::{json, Value};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -23,11 +24,12 @@ const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 fn main() {
     let args = Arguments::from_args();
-    let has_skopeo = Command::new("skopeo")
+    let skopeo: Needs<()> = Command::new("skopeo")
         .arg("--version")
         .output()
-        .is_ok_and(|out| out.status.success());
-    let under_ci = std::env::var_os("CI").is_some();
+        .is_ok_and(|out| out.status.success())
+        .then_some(())
+        .ok_or_else(|| "no skopeo: apt-get install skopeo".into());
     let image_trials: [(&str, fn()); 2] = [
         (
             "dist_ships_the_wasm_its_checksum_and_a_compat_wasm_image",
@@ -40,27 +42,11 @@ fn main() {
     ];
     let mut trials: Vec<Trial> = image_trials
         .into_iter()
-        .map(|(name, body)| {
-            Trial::ignorable_test(name, move || match (has_skopeo, under_ci) {
-                (true, _) => {
-                    body();
-                    Ok(Completion::Completed)
-                }
-                (false, true) => Err(Failed::from(
-                    "skopeo is required under CI: apt-get install skopeo",
-                )),
-                (false, false) => Ok(Completion::ignored_with(
-                    "no skopeo: apt-get install skopeo",
-                )),
-            })
-        })
+        .map(|(name, body)| needing(name, &skopeo, move |()| body()))
         .collect();
-    trials.push(Trial::test(
+    trials.push(plain(
         "envoy_logs_the_filters_version_when_it_starts",
-        || {
-            envoy_logs_the_filters_version_when_it_starts();
-            Ok(())
-        },
+        envoy_logs_the_filters_version_when_it_starts,
     ));
     libtest_mimic::run(&args, trials).exit();
 }

@@ -14,25 +14,21 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::trials::{needing, Needs};
 use common::TempDir;
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::Arguments;
 use serde_json::Value;
 
 fn main() {
     let args = Arguments::from_args();
-    let under_ci = std::env::var_os("CI").is_some();
-    let trial = Trial::ignorable_test(
+    let podman: Needs<()> = match podman_cannot_run() {
+        None => Ok(()),
+        Some(why) => Err(format!("no podman: {why}")),
+    };
+    let trial = needing(
         "the_image_is_one_layer_holding_the_built_filter_as_plugin_wasm",
-        move || match podman_cannot_run() {
-            None => {
-                the_image_is_one_layer_holding_the_built_filter_as_plugin_wasm();
-                Ok(Completion::Completed)
-            }
-            Some(why) if under_ci => {
-                Err(Failed::from(format!("podman is required under CI: {why}")))
-            }
-            Some(why) => Ok(Completion::ignored_with(format!("no podman: {why}"))),
-        },
+        &podman,
+        |()| the_image_is_one_layer_holding_the_built_filter_as_plugin_wasm(),
     );
     libtest_mimic::run(&args, vec![trial]).exit();
 }

@@ -22,9 +22,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use common::trials::{needing, plain, Needs};
 use common::{envoy_bin, merge, write_plugin_bootstrap, TempDir};
 use jsonschema::Validator;
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Arguments, Trial};
 use serde_json::{json, Map, Value};
 
 fn repository() -> PathBuf {
@@ -507,8 +508,12 @@ fn every_istio_manifest_is_a_kind_it_documents() {
 
 fn main() {
     let args = Arguments::from_args();
-    let under_ci = std::env::var_os("CI").is_some();
     let crd_file = crd_path();
+    let crd: Needs<PathBuf> = if crd_file.is_file() {
+        Ok(crd_file)
+    } else {
+        Err(format!("no Istio CRD at {}", crd_file.display()))
+    };
     type CrdTest = fn(&Crd);
     let crd_tests: [(&str, CrdTest); 3] = [
         (
@@ -526,27 +531,9 @@ fn main() {
     ];
     let mut trials: Vec<Trial> = crd_tests
         .into_iter()
-        .map(|(name, body)| {
-            let crd_file = crd_file.clone();
-            Trial::ignorable_test(name, move || {
-                if crd_file.is_file() {
-                    body(&Crd::load(&crd_file));
-                    Ok(Completion::Completed)
-                } else if under_ci {
-                    Err(Failed::from(format!(
-                        "Istio's WasmPlugin CRD is required under CI: {}",
-                        crd_file.display()
-                    )))
-                } else {
-                    Ok(Completion::ignored_with(format!(
-                        "no Istio CRD at {}",
-                        crd_file.display()
-                    )))
-                }
-            })
-        })
+        .map(|(name, body)| needing(name, &crd, move |file: PathBuf| body(&Crd::load(&file))))
         .collect();
-    let plain: [(&str, fn()); 4] = [
+    let plain_tests: [(&str, fn()); 4] = [
         (
             "the_plugin_configuration_is_accepted_by_the_filter_in_envoy",
             the_plugin_configuration_is_accepted_by_the_filter_in_envoy,
@@ -564,11 +551,10 @@ fn main() {
             every_istio_manifest_is_a_kind_it_documents,
         ),
     ];
-    trials.extend(plain.into_iter().map(|(name, body)| {
-        Trial::test(name, move || {
-            body();
-            Ok(())
-        })
-    }));
+    trials.extend(
+        plain_tests
+            .into_iter()
+            .map(|(name, body)| plain(name, body)),
+    );
     libtest_mimic::run(&args, trials).exit();
 }

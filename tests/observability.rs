@@ -24,11 +24,12 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use common::trials::{needing, plain, Needs};
 use common::{
     api, envoy_bin, free_port, http_request, wait_until, write_plugin_bootstrap, Envoy,
     EnvoyOptions, TempDir, Upstream, WAIT,
 };
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Arguments, Trial};
 use negcache::metrics::Metric;
 use serde_json::{json, Value};
 
@@ -486,8 +487,9 @@ fn the_dashboards_queries_are_valid_promql() {
 
 fn main() {
     let args = Arguments::from_args();
-    let under_ci = std::env::var_os("CI").is_some();
-    let has_promtool = promtool_available();
+    let promtool: Needs<()> = promtool_available()
+        .then_some(())
+        .ok_or_else(|| "no promtool: apt-get install prometheus".into());
     let with_promtool: [(&str, fn()); 3] = [
         (
             "the_alert_rules_pass_promtool_check",
@@ -504,24 +506,9 @@ fn main() {
     ];
     let mut trials: Vec<Trial> = with_promtool
         .into_iter()
-        .map(|(name, body)| {
-            Trial::ignorable_test(name, move || {
-                if has_promtool {
-                    body();
-                    Ok(Completion::Completed)
-                } else if under_ci {
-                    Err(Failed::from(
-                        "promtool is required under CI: apt-get install prometheus",
-                    ))
-                } else {
-                    Ok(Completion::ignored_with(
-                        "no promtool: apt-get install prometheus",
-                    ))
-                }
-            })
-        })
+        .map(|(name, body)| needing(name, &promtool, move |()| body()))
         .collect();
-    let plain: [(&str, fn()); 4] = [
+    let plain_tests: [(&str, fn()); 4] = [
         (
             "the_dashboard_and_the_alerts_use_only_metrics_envoy_exports",
             the_dashboard_and_the_alerts_use_only_metrics_envoy_exports,
@@ -539,11 +526,10 @@ fn main() {
             istios_stats_matcher_keeps_the_filters_metrics,
         ),
     ];
-    trials.extend(plain.into_iter().map(|(name, body)| {
-        Trial::test(name, move || {
-            body();
-            Ok(())
-        })
-    }));
+    trials.extend(
+        plain_tests
+            .into_iter()
+            .map(|(name, body)| plain(name, body)),
+    );
     libtest_mimic::run(&args, trials).exit();
 }

@@ -8,11 +8,14 @@
 //! vendored sources; without them the trials report themselves ignored, except under CI (`CI`
 //! set), where they fail. Its own harness (libtest-mimic), like tests/browser.rs.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use common::trials::{needing, Needs};
+use libtest_mimic::Arguments;
 
 fn protobufs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -45,31 +48,26 @@ fn encode(message_type: &str, text: &[u8]) -> Result<Vec<u8>, String> {
     Ok(output.stdout)
 }
 
-fn check(name: &str, message_type: &str) -> Result<(), Failed> {
+fn check(name: &str, message_type: &str) {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/rls");
     let text = std::fs::read(data.join(format!("{name}.txt"))).unwrap();
     let committed = std::fs::read(data.join(format!("{name}.bin"))).unwrap();
-    let encoded = encode(message_type, &text)?;
-    if encoded != committed {
-        return Err(format!(
-            "tests/data/rls/{name}.bin differs from protoc's encoding of {name}.txt: \
-             {encoded:02x?} != {committed:02x?}"
-        )
-        .into());
-    }
-    Ok(())
+    let encoded = encode(message_type, &text).unwrap_or_else(|e| panic!("protoc: {e}"));
+    assert_eq!(
+        encoded, committed,
+        "tests/data/rls/{name}.bin differs from protoc's encoding of {name}.txt"
+    );
 }
 
 fn main() {
     let args = Arguments::from_args();
     let protoc = Command::new("protoc").arg("--version").output().is_ok();
     let vendored = protobufs().join("data-plane-api").is_dir();
-    let missing = match (protoc, vendored) {
-        (true, true) => None,
-        (false, _) => Some("protoc not found (Debian: apt-get install protobuf-compiler)"),
-        (true, false) => Some("no vendored protobufs at ../shared/vendor/limitador"),
+    let tools: Needs<()> = match (protoc, vendored) {
+        (true, true) => Ok(()),
+        (false, _) => Err("protoc not found (Debian: apt-get install protobuf-compiler)".into()),
+        (true, false) => Err("no vendored protobufs at ../shared/vendor/limitador".into()),
     };
-    let under_ci = std::env::var_os("CI").is_some();
     let cases = [
         (
             "request-ipv4",
@@ -91,14 +89,8 @@ fn main() {
     let trials = cases
         .into_iter()
         .map(|(name, message_type)| {
-            Trial::ignorable_test(
-                format!("protoc_encodes_{}_as_committed", name.replace('-', "_")),
-                move || match missing {
-                    None => check(name, message_type).map(|()| Completion::Completed),
-                    Some(why) if under_ci => Err(Failed::from(why)),
-                    Some(why) => Ok(Completion::ignored_with(why)),
-                },
-            )
+            let trial = format!("protoc_encodes_{}_as_committed", name.replace('-', "_"));
+            needing(&trial, &tools, move |()| check(name, message_type))
         })
         .collect();
     libtest_mimic::run(&args, trials).exit();

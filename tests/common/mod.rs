@@ -36,6 +36,7 @@ mod h2;
 mod http;
 pub mod load;
 pub mod rls;
+pub mod trials;
 mod upstream;
 
 use std::fs;
