@@ -475,7 +475,7 @@ pub fn store<S: SharedStore>(
 
 /// The slot `record` goes to, and what storing it there replaces.
 fn choose_slot<'a>(slots: &'a [Slot<'a>; 2], record: &Record) -> (&'a Slot<'a>, StoreOutcome) {
-    let held = slots.each_ref().map(|slot| Record::decode(&slot.bytes));
+    let held = slots.each_ref().map(|slot| Record::decode(slot.bytes));
     let same_key = |position: &usize| {
         matches!(&held[*position], Decoded::Record(existing)
             if existing.key == record.key && existing.epoch == record.epoch)
@@ -516,7 +516,7 @@ pub fn purge<S: SharedStore>(
     for _ in 0..2 {
         let expired = tables.records.update(store, identity, |slots| {
             let write = slots.iter().find_map(|slot| {
-                let Decoded::Record(mut record) = Record::decode(&slot.bytes) else {
+                let Decoded::Record(mut record) = Record::decode(slot.bytes) else {
                     return None;
                 };
                 if record.identity != *identity || !record.is_live(now_ms, epoch) {

@@ -159,7 +159,7 @@ fn own_slot<'a>(
 ) -> Option<(&'a Slot<'a>, ClientRecord)> {
     slots
         .iter()
-        .find_map(|slot| match ClientRecord::decode(&slot.bytes) {
+        .find_map(|slot| match ClientRecord::decode(slot.bytes) {
             Decoded::Record(record) if record.client == *client && record.epoch == epoch => {
                 Some((slot, record))
             }
@@ -274,7 +274,7 @@ pub fn finish<S: SharedStore>(
 /// a keyed fingerprint, one in `capacity / 2`, so nobody can aim at a block to cut it short.
 fn place_new<'a>(slots: &'a [Slot<'a>; 2], now_ms: u64, config: &RateLimitConfig) -> &'a Slot<'a> {
     let rank = |slot: &Slot| -> (u8, u64) {
-        match ClientRecord::decode(&slot.bytes) {
+        match ClientRecord::decode(slot.bytes) {
             Decoded::Empty | Decoded::Unreadable => (0, 0),
             Decoded::Record(old) if old.epoch != config.epoch => (0, 0),
             Decoded::Record(old) if old.expired(now_ms, config) => (1, 0),

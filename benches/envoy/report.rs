@@ -471,8 +471,10 @@ impl Report<'_> {
     }
 }
 
-const RATIOS: [(&str, &str); 12] = [
+const RATIOS: [(&str, &str); 14] = [
     ("pass", "noop-wasm"),
+    ("pass", "probe-pass-calls"),
+    ("probe-pass-calls", "noop-wasm"),
     ("hit", "hit-min"),
     ("block", "block-min"),
     ("hit", "noop-reply"),
@@ -486,8 +488,10 @@ const RATIOS: [(&str, &str); 12] = [
     ("noop-wasm-2", "noop-wasm"),
 ];
 
-const CPU_DELTAS: [(&str, &str); 11] = [
+const CPU_DELTAS: [(&str, &str); 13] = [
     ("pass", "noop-wasm"),
+    ("pass", "probe-pass-calls"),
+    ("probe-pass-calls", "noop-wasm"),
     ("hit", "hit-min"),
     ("block", "block-min"),
     ("hit", "noop-reply"),

@@ -7,8 +7,8 @@
 //! - `{"mode":"reply"}`: answers every request with a fixed small 401 from
 //!   `on_http_request_headers` (`send_http_response`), the cost of a wasm local reply.
 //! - `{"mode":"probe","op":OP}`: does nothing but one host call `PROBE_TIMES` times per request
-//!   (OP: `headers` all request headers, `header` one header, `property` `source.address`,
-//!   `set_property` filter state, `shared_get` a shared-data read of 68 bytes, `shared_set` a
+//!   (OP: `headers` the request header map as one buffer, `header` one header, `property`
+//!   `source.address`, `set_property` filter state, `shared_get` a shared-data read of 68 bytes, `shared_set` a
 //!   shared-data write, `metric` a counter increment, `time` the clock), so the bench can say
 //!   what one call of each kind costs (`header_missing`: a header the request lacks, so nothing
 //!   is handed back; `set_property_new`: a new filter-state name on each call;
@@ -362,8 +362,9 @@ const NEW_PROPERTIES: [&str; PROBE_TIMES] = [
 /// of this request.
 fn probe(op: usize, metric: u32, call: usize) {
     match op {
+        // As negcache reads it: one buffer, not a list of pairs.
         0 => {
-            let _ = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
+            let _ = ffi_header_map(MapType::HttpRequestHeaders);
         }
         1 => {
             let _ = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path");
