@@ -937,21 +937,19 @@ mod tests {
         let (_, body) = world.find("t2", "/", NOW + 1).unwrap();
         assert_eq!(body.unwrap().body.unwrap(), large);
 
-        // The largest replay kept in the slot: 1 + 3 presence bytes, 3 lengths, the values.
-        let fits = vec![b'y'; INLINE_REPLAY_BYTES - 4 - 12 - b"application/json".len()];
+        // The largest body kept in the slot next to a content type and no challenge: the
+        // place byte, three presence bytes, two lengths of 4 bytes, the two values.
+        let fits = vec![b'y'; INLINE_REPLAY_BYTES - 4 - 8 - b"application/json".len()];
         let before = world.store.keys();
         world.save_body("t3", "/", 401, None, NOW, fits.clone());
-        assert_eq!(world.store.keys(), before);
-        assert_eq!(
-            world
-                .find("t3", "/", NOW + 1)
-                .unwrap()
-                .1
-                .unwrap()
-                .body
-                .unwrap(),
-            fits
-        );
+        assert_eq!(world.store.keys(), before, "kept in the slot");
+        let (_, body) = world.find("t3", "/", NOW + 1).unwrap();
+        assert_eq!(body.unwrap().body.unwrap(), fits);
+        let one_more = [fits.as_slice(), b"y"].concat();
+        world.save_body("t4", "/", 401, None, NOW, one_more.clone());
+        assert_eq!(world.store.keys(), before + 1, "under its own key");
+        let (_, body) = world.find("t4", "/", NOW + 1).unwrap();
+        assert_eq!(body.unwrap().body.unwrap(), one_more);
     }
 
     #[test]
