@@ -106,8 +106,14 @@ fn main() {
         identity,
         key: identity,
     }
-    .encode();
-    measure("cache record decode", || {
+    .encode(&negcache::negative_cache::ReplayBody {
+        content_type: Some(b"application/json".to_vec()),
+        www_authenticate: Some(b"Bearer".to_vec()),
+        body: Some(br#"{"error":"invalid token"}"#.to_vec()),
+        ..Default::default()
+    })
+    .0;
+    measure("cache slot decode (record, inline replay)", || {
         assert!(matches!(
             Record::decode(black_box(&record)),
             Decoded::Record(_)

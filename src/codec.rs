@@ -154,6 +154,11 @@ impl<'a> Reader<'a> {
     pub fn is_done(&self) -> bool {
         self.rest.is_empty()
     }
+
+    /// How many bytes are left to read.
+    pub fn remaining(&self) -> usize {
+        self.rest.len()
+    }
 }
 
 /// A record as read.

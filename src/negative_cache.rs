@@ -1,21 +1,31 @@
 //! What the negative cache stores, when an entry applies, and how entries are placed in the
-//! slot table. Records are small and fixed-size (read on every lookup); the replay body lives
-//! under a second key read only on a hit, and carries its record's key and store time so a body
-//! that does not belong to its record is never replayed.
+//! slot table. A slot holds a fixed-size record (read on every lookup) followed by what a hit
+//! replays: inline when it is small, so that a hit is one read; a larger body lives under a
+//! second key read only on a hit, and carries its record's key and store time so a body that
+//! does not belong to its record is never replayed.
 
 use crate::clock::Clock;
-use crate::codec::{read_versioned, Versioned, Writer};
+use crate::codec::{read_versioned, Reader, Versioned, Writer};
 use crate::config::{KeyShape, NegativeCacheConfig};
 use crate::fingerprint::Fingerprint;
 use crate::http_date::retry_after_reset_ms;
-use crate::slots::{IndexedValues, SharedStore, Slot, SlotTable, StoreError, Write};
+use crate::slots::{Bucket, IndexedValues, SharedStore, Slot, SlotTable, StoreError, Write};
 
-const RECORD_VERSION: u8 = 1;
+const RECORD_VERSION: u8 = 2;
 const RECORD_LEN: usize = 68;
 const BODY_VERSION: u8 = 1;
 
 const FLAG_INACTIVE: u8 = 1;
 const FLAG_ANONYMOUS: u8 = 2;
+
+/// Where a slot's replay is: right after its record, or under the slot's body key.
+const REPLAY_INLINE: u8 = 1;
+const REPLAY_ELSEWHERE: u8 = 2;
+
+/// The largest replay (content type, challenge and body, as encoded) kept in the slot itself.
+/// Every lookup copies its bucket of two slots out of shared data, a good request's included,
+/// so the bucket stays small: a typical JSON 401 fits, a larger body gets its own key.
+pub const INLINE_REPLAY_BYTES: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -43,8 +53,65 @@ pub enum Decoded {
     Corrupt,
 }
 
+/// What a hit replays besides the status, borrowed from where it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplayParts<'a> {
+    pub content_type: Option<&'a [u8]>,
+    pub www_authenticate: Option<&'a [u8]>,
+    /// `None` when the upstream's body was not kept (too large, encoded, HEAD, cut short).
+    pub body: Option<&'a [u8]>,
+}
+
+/// Where a slot's replay is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay<'a> {
+    Inline(ReplayParts<'a>),
+    /// Under the slot's body key (`CacheTables::bodies`), too large to share the bucket.
+    Elsewhere,
+}
+
+impl Replay<'_> {
+    /// The replay part of a slot (what follows its record); `None` when it is malformed.
+    fn decode(tail: &[u8]) -> Option<Replay<'_>> {
+        let mut reader = Reader::new(tail);
+        let replay = match reader.u8()? {
+            REPLAY_INLINE => Replay::Inline(ReplayParts {
+                content_type: reader.optional()?,
+                www_authenticate: reader.optional()?,
+                body: reader.optional()?,
+            }),
+            REPLAY_ELSEWHERE => Replay::Elsewhere,
+            _ => return None,
+        };
+        reader.is_done().then_some(replay)
+    }
+}
+
 impl Record {
-    pub fn encode(&self) -> Vec<u8> {
+    /// The slot value of this record with `replay` after it (inline when small enough, else
+    /// marked as under the body key); and whether `replay` must be written to the body key.
+    pub fn encode(&self, replay: &ReplayBody) -> (Vec<u8>, bool) {
+        let parts = replay.parts();
+        let inline_len = 1 + [parts.content_type, parts.www_authenticate, parts.body]
+            .iter()
+            .map(|part| 1 + part.map_or(0, |bytes| 4 + bytes.len()))
+            .sum::<usize>();
+        let inline = inline_len <= INLINE_REPLAY_BYTES;
+        let mut writer = self.writer(if inline { inline_len } else { 1 });
+        if inline {
+            writer
+                .u8(REPLAY_INLINE)
+                .optional(parts.content_type)
+                .optional(parts.www_authenticate)
+                .optional(parts.body);
+        } else {
+            writer.u8(REPLAY_ELSEWHERE);
+        }
+        (writer.finish(), !inline)
+    }
+
+    /// The record's fixed part, with room for `extra` bytes after it.
+    fn writer(&self, extra: usize) -> Writer {
         let mut flags = 0;
         if self.inactive {
             flags |= FLAG_INACTIVE;
@@ -52,7 +119,8 @@ impl Record {
         if self.anonymous {
             flags |= FLAG_ANONYMOUS;
         }
-        Writer::versioned(RECORD_VERSION, RECORD_LEN)
+        let mut writer = Writer::versioned(RECORD_VERSION, RECORD_LEN + extra);
+        writer
             .u8(flags)
             .u16(self.status)
             .u8(self.shape)
@@ -62,12 +130,14 @@ impl Record {
             .u64(self.expires_ms)
             .u64(self.reset_ms)
             .fingerprint(&self.identity)
-            .fingerprint(&self.key)
-            .finish()
+            .fingerprint(&self.key);
+        writer
     }
 
+    /// A slot's value: its record, when the replay after it is well-formed too.
     pub fn decode(bytes: &[u8]) -> Decoded {
-        let read = read_versioned(bytes, RECORD_VERSION, |reader| {
+        let (head, tail) = bytes.split_at(bytes.len().min(RECORD_LEN));
+        let read = read_versioned(head, RECORD_VERSION, |reader| {
             let flags = reader.u8()?;
             let status = reader.u16()?;
             let shape = reader.u8()?;
@@ -88,9 +158,26 @@ impl Record {
         match read {
             Versioned::Empty => Decoded::Empty,
             Versioned::OtherVersion => Decoded::OtherVersion,
-            Versioned::Value(record) if may_store(record.status) => Decoded::Record(record),
+            Versioned::Value(record)
+                if may_store(record.status) && Replay::decode(tail).is_some() =>
+            {
+                Decoded::Record(record)
+            }
             Versioned::Value(_) | Versioned::Malformed => Decoded::Corrupt,
         }
+    }
+
+    /// The replay of a slot `decode` read as a record.
+    pub fn replay_of(bytes: &[u8]) -> Option<Replay<'_>> {
+        Replay::decode(bytes.get(RECORD_LEN..)?)
+    }
+
+    /// The same slot value with this record's fields (the replay after it kept as it was).
+    fn reencode(&self, slot: &[u8]) -> Vec<u8> {
+        let tail = slot.get(RECORD_LEN..).unwrap_or_default();
+        let mut bytes = self.writer(tail.len()).finish();
+        bytes.extend_from_slice(tail);
+        bytes
     }
 
     pub fn is_live(&self, now_ms: u64, epoch: u32) -> bool {
@@ -98,7 +185,8 @@ impl Record {
     }
 }
 
-/// What a hit replays besides the status.
+/// What a hit replays besides the status, as an entry is stored; under the body key (too large
+/// for the slot) with its record's key and store time.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReplayBody {
     pub key: Fingerprint,
@@ -110,6 +198,14 @@ pub struct ReplayBody {
 }
 
 impl ReplayBody {
+    pub fn parts(&self) -> ReplayParts<'_> {
+        ReplayParts {
+            content_type: self.content_type.as_deref(),
+            www_authenticate: self.www_authenticate.as_deref(),
+            body: self.body.as_deref(),
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let body_len = self.body.as_ref().map_or(0, Vec::len);
         Writer::versioned(BODY_VERSION, 40 + body_len)
@@ -215,8 +311,8 @@ pub fn plan_store(
     })
 }
 
-/// The cache's two tables in shared data: fixed-size records, two to a key, and replay bodies,
-/// one key per record slot.
+/// The cache's two tables in shared data: slots (a record and a small replay), two to a key,
+/// and the replays too large for a slot, one key per slot that ever held one.
 pub struct CacheTables {
     pub records: SlotTable,
     pub bodies: IndexedValues,
@@ -234,8 +330,58 @@ impl CacheTables {
 /// The outcome of a lookup: the live entry that matches, and whether corrupt bytes were seen.
 #[derive(Debug, Default)]
 pub struct Lookup {
-    pub hit: Option<(u32, Record)>,
+    pub hit: Option<Hit>,
     pub corrupt: bool,
+}
+
+/// A live entry found: its slot, its record, and the bucket it was read from (the replay is
+/// read from there).
+#[derive(Debug)]
+pub struct Hit {
+    pub index: u32,
+    pub record: Record,
+    bucket: Bucket,
+    /// Which of the bucket's candidate slots.
+    way: usize,
+}
+
+impl Hit {
+    /// What the hit replays: from the slot itself, or (a large body) from its body key, where
+    /// a body of another entry makes it `None`, a miss.
+    pub fn replay<S: SharedStore>(
+        &self,
+        store: &S,
+        tables: &CacheTables,
+    ) -> Result<Option<Replayed<'_>>, StoreError> {
+        let slots = self.bucket.slots();
+        let slot = slots.get(self.way).map_or(&[][..], |slot| slot.bytes);
+        match Record::replay_of(slot) {
+            Some(Replay::Inline(parts)) => Ok(Some(Replayed::Slot(parts))),
+            Some(Replay::Elsewhere) => {
+                let bytes = tables.bodies.read(store, self.index)?;
+                Ok(ReplayBody::decode(&bytes)
+                    .filter(|body| body.belongs_to(&self.record))
+                    .map(Replayed::Body))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// A hit's replay as read.
+#[derive(Debug)]
+pub enum Replayed<'a> {
+    Slot(ReplayParts<'a>),
+    Body(ReplayBody),
+}
+
+impl Replayed<'_> {
+    pub fn parts(&self) -> ReplayParts<'_> {
+        match self {
+            Replayed::Slot(parts) => *parts,
+            Replayed::Body(body) => body.parts(),
+        }
+    }
 }
 
 /// Finds a live entry of `identity` whose key, recomputed for this request with the shape its
@@ -250,14 +396,16 @@ pub fn lookup<S: SharedStore>(
     mut key_for: impl FnMut(KeyShape) -> Option<Fingerprint>,
 ) -> Result<Lookup, StoreError> {
     let mut result = Lookup::default();
-    let slots = tables.records.read_candidates(store, identity)?;
+    let bucket = tables.records.read_candidates(store, identity)?;
+    let slots = bucket.slots();
     let distinct = if slots[0].index == slots[1].index {
         1
     } else {
         2
     };
-    for slot in &slots[..distinct] {
-        let record = match Record::decode(&slot.bytes) {
+    let mut found = None;
+    for (way, slot) in slots.iter().enumerate().take(distinct) {
+        let record = match Record::decode(slot.bytes) {
             Decoded::Record(record) => record,
             Decoded::Corrupt => {
                 result.corrupt = true;
@@ -276,22 +424,17 @@ pub fn lookup<S: SharedStore>(
             continue;
         }
         if key_for(shape) == Some(record.key) {
-            result.hit = Some((slot.index, record));
-            return Ok(result);
+            found = Some((way, slot.index, record));
+            break;
         }
     }
+    result.hit = found.map(|(way, index, record)| Hit {
+        index,
+        record,
+        bucket,
+        way,
+    });
     Ok(result)
-}
-
-/// Reads the replay body of a hit; `None` when the body key holds another entry's body.
-pub fn load_body<S: SharedStore>(
-    store: &S,
-    tables: &CacheTables,
-    index: u32,
-    record: &Record,
-) -> Result<Option<ReplayBody>, StoreError> {
-    let bytes = tables.bodies.read(store, index)?;
-    Ok(ReplayBody::decode(&bytes).filter(|body| body.belongs_to(record)))
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -304,16 +447,18 @@ pub struct StoreOutcome {
     pub corrupt: bool,
 }
 
-/// Stores `record` (and its replay body) in one of its identity's two slots: the slot already
-/// holding the same key, else a free one (empty, expired, old epoch, unreadable), else the
-/// live entry that expires first is evicted.
+/// Stores `record` and its replay in one of its identity's two slots: the slot already holding
+/// the same key, else a free one (empty, expired, old epoch, unreadable), else the live entry
+/// that expires first is evicted. A replay too large for the slot goes to the slot's body key
+/// after the record: until it is there, a hit finds the older body, which is not its own, and
+/// is a miss.
 pub fn store<S: SharedStore>(
     store: &S,
     tables: &CacheTables,
     record: &Record,
     body: &ReplayBody,
 ) -> Result<StoreOutcome, StoreError> {
-    let encoded = record.encode();
+    let (encoded, elsewhere) = record.encode(body);
     let (outcome, index) = tables.records.update(store, &record.identity, |slots| {
         let (slot, outcome) = choose_slot(slots, record);
         let write = Write {
@@ -322,13 +467,15 @@ pub fn store<S: SharedStore>(
         };
         ((outcome, slot.index), Some(write))
     })?;
-    tables.bodies.write(store, index, &body.encode())?;
+    if elsewhere {
+        tables.bodies.write(store, index, &body.encode())?;
+    }
     Ok(outcome)
 }
 
 /// The slot `record` goes to, and what storing it there replaces.
-fn choose_slot<'a>(slots: &'a [Slot; 2], record: &Record) -> (&'a Slot, StoreOutcome) {
-    let held = slots.each_ref().map(|slot| Record::decode(&slot.bytes));
+fn choose_slot<'a>(slots: &'a [Slot<'a>; 2], record: &Record) -> (&'a Slot<'a>, StoreOutcome) {
+    let held = slots.each_ref().map(|slot| Record::decode(slot.bytes));
     let same_key = |position: &usize| {
         matches!(&held[*position], Decoded::Record(existing)
             if existing.key == record.key && existing.epoch == record.epoch)
@@ -369,7 +516,7 @@ pub fn purge<S: SharedStore>(
     for _ in 0..2 {
         let expired = tables.records.update(store, identity, |slots| {
             let write = slots.iter().find_map(|slot| {
-                let Decoded::Record(mut record) = Record::decode(&slot.bytes) else {
+                let Decoded::Record(mut record) = Record::decode(slot.bytes) else {
                     return None;
                 };
                 if record.identity != *identity || !record.is_live(now_ms, epoch) {
@@ -378,7 +525,7 @@ pub fn purge<S: SharedStore>(
                 record.expires_ms = now_ms;
                 Some(Write {
                     slot,
-                    bytes: record.encode(),
+                    bytes: record.reencode(slot.bytes),
                 })
             });
             (write.is_some(), write)
@@ -458,6 +605,19 @@ mod tests {
             retry_after: Option<&str>,
             now: u64,
         ) -> StoreOutcome {
+            let body = format!("{{\"token\":\"{token}\"}}").into_bytes();
+            self.save_body(token, path, status, retry_after, now, body)
+        }
+
+        fn save_body(
+            &self,
+            token: &str,
+            path: &str,
+            status: u16,
+            retry_after: Option<&str>,
+            now: u64,
+            body: Vec<u8>,
+        ) -> StoreOutcome {
             let plan = plan_store(
                 &self.config,
                 status,
@@ -488,7 +648,7 @@ mod tests {
                 stored_ms: now,
                 content_type: Some(b"application/json".to_vec()),
                 www_authenticate: None,
-                body: Some(format!("{{\"token\":\"{token}\"}}").into_bytes()),
+                body: Some(body),
             };
             store(&self.store, &self.tables, &record, &body).unwrap()
         }
@@ -504,9 +664,19 @@ mod tests {
                 |shape| Some(self.hasher.entry(&identity, shape, &World::parts(path))),
             )
             .unwrap();
-            found.hit.map(|(index, record)| {
-                let body = load_body(&self.store, &self.tables, index, &record).unwrap();
-                (record, body)
+            found.hit.map(|hit| {
+                let replayed = hit.replay(&self.store, &self.tables).unwrap();
+                let body = replayed.map(|replayed| {
+                    let parts = replayed.parts();
+                    ReplayBody {
+                        key: hit.record.key,
+                        stored_ms: hit.record.stored_ms,
+                        content_type: parts.content_type.map(<[u8]>::to_vec),
+                        www_authenticate: parts.www_authenticate.map(<[u8]>::to_vec),
+                        body: parts.body.map(<[u8]>::to_vec),
+                    }
+                });
+                (hit.record, body)
             })
         }
     }
@@ -548,12 +718,27 @@ mod tests {
             identity: Fingerprint([1; 16]),
             key: Fingerprint([2; 16]),
         };
-        let bytes = record.encode();
-        assert_eq!(bytes.len(), RECORD_LEN);
+        let (bytes, elsewhere) = record.encode(&ReplayBody::default());
+        assert!(!elsewhere);
+        assert_eq!(
+            bytes.len(),
+            RECORD_LEN + 4,
+            "the record, then an empty inline replay"
+        );
         assert_eq!(Record::decode(&bytes), Decoded::Record(record));
         assert_eq!(Record::decode(b""), Decoded::Empty);
         assert_eq!(Record::decode(&[9, 1, 2]), Decoded::OtherVersion);
+        assert_eq!(
+            Record::decode(&[1, 1, 2]),
+            Decoded::OtherVersion,
+            "version 1"
+        );
         assert_eq!(Record::decode(&bytes[..40]), Decoded::Corrupt);
+        assert_eq!(
+            Record::decode(&bytes[..RECORD_LEN]),
+            Decoded::Corrupt,
+            "a record without its replay"
+        );
         let mut bad_status = bytes.clone();
         bad_status[2] = 200;
         bad_status[3] = 0;
@@ -590,13 +775,21 @@ mod tests {
             identity: Fingerprint([3; 16]),
             key: Fingerprint([4; 16]),
         }
-        .encode();
+        .encode(&ReplayBody {
+            content_type: Some(b"text/plain".to_vec()),
+            body: Some(b"no".to_vec()),
+            ..ReplayBody::default()
+        })
+        .0;
         for cut in 1..record.len() {
             assert_eq!(Record::decode(&record[..cut]), Decoded::Corrupt, "{cut}");
         }
         for bytes in hostile::inputs(&record) {
             if let Decoded::Record(decoded) = Record::decode(&bytes) {
-                assert_eq!(Record::decode(&decoded.encode()), Decoded::Record(decoded));
+                let replay = Record::replay_of(&bytes).expect("a record's replay is readable");
+                let again = decoded.reencode(&bytes);
+                assert_eq!(Record::decode(&again), Decoded::Record(decoded));
+                assert_eq!(Record::replay_of(&again), Some(replay));
             }
         }
         let body = ReplayBody {
@@ -681,7 +874,7 @@ mod tests {
         let world = World::new(config);
         world.save("t1", "/", 401, Some("99999999999999999999999"), NOW);
         let (record, body) = world.find("t1", "/", NOW + 1_500).unwrap();
-        let reply = crate::reply::cache_hit(&record, body.unwrap(), NOW + 1_500);
+        let reply = crate::reply::cache_hit(&record, body.unwrap().parts(), NOW + 1_500);
         let retry_after = reply
             .headers
             .iter()
@@ -727,9 +920,42 @@ mod tests {
     }
 
     #[test]
+    fn a_small_replay_lives_in_its_slot_and_a_large_one_under_its_own_key() {
+        let world = World::new(small(8));
+        world.save("t1", "/", 401, None, NOW);
+        assert_eq!(
+            world.store.keys(),
+            4 + 1,
+            "four buckets and the marker, no body key"
+        );
+        let (_, body) = world.find("t1", "/", NOW + 1).unwrap();
+        assert_eq!(body.unwrap().body.unwrap(), b"{\"token\":\"t1\"}");
+
+        let large = vec![b'x'; INLINE_REPLAY_BYTES];
+        world.save_body("t2", "/", 401, None, NOW, large.clone());
+        assert_eq!(world.store.keys(), 4 + 1 + 1, "one body key");
+        let (_, body) = world.find("t2", "/", NOW + 1).unwrap();
+        assert_eq!(body.unwrap().body.unwrap(), large);
+
+        // The largest body kept in the slot next to a content type and no challenge: the
+        // place byte, three presence bytes, two lengths of 4 bytes, the two values.
+        let fits = vec![b'y'; INLINE_REPLAY_BYTES - 4 - 8 - b"application/json".len()];
+        let before = world.store.keys();
+        world.save_body("t3", "/", 401, None, NOW, fits.clone());
+        assert_eq!(world.store.keys(), before, "kept in the slot");
+        let (_, body) = world.find("t3", "/", NOW + 1).unwrap();
+        assert_eq!(body.unwrap().body.unwrap(), fits);
+        let one_more = [fits.as_slice(), b"y"].concat();
+        world.save_body("t4", "/", 401, None, NOW, one_more.clone());
+        assert_eq!(world.store.keys(), before + 1, "under its own key");
+        let (_, body) = world.find("t4", "/", NOW + 1).unwrap();
+        assert_eq!(body.unwrap().body.unwrap(), one_more);
+    }
+
+    #[test]
     fn a_body_of_another_entry_is_never_replayed() {
         let world = World::new(config());
-        world.save("t1", "/a", 401, None, NOW);
+        world.save_body("t1", "/a", 401, None, NOW, vec![b'x'; 1_000]);
         let identity = world.identity("t1");
         let [index, _] = world.tables.records.candidates(&identity);
         let foreign = ReplayBody {
@@ -753,15 +979,21 @@ mod tests {
         let mut evictions = 0;
         let mut used = 0;
         for n in 0..500 {
-            let outcome = world.save(&format!("token-{n}"), "/", 401, None, NOW + n);
+            let outcome = if n % 2 == 0 {
+                world.save(&format!("token-{n}"), "/", 401, None, NOW + n)
+            } else {
+                let large = vec![b'x'; 2 * INLINE_REPLAY_BYTES];
+                world.save_body(&format!("token-{n}"), "/", 401, None, NOW + n, large)
+            };
             evictions += u32::from(outcome.evicted);
             used += u32::from(outcome.newly_used);
         }
         assert!(evictions > 400, "{evictions}");
         assert_eq!(used, 8);
-        // 8 records in 4 keys, at most 8 bodies, and the creation marker.
+        // 8 slots in 4 keys, at most 8 body keys, and the creation marker.
         assert!(world.store.keys() <= 4 + 8 + 1, "{}", world.store.keys());
         assert!(world.find("token-499", "/", NOW + 500).is_some());
+        assert!(world.find("token-498", "/", NOW + 500).is_some());
     }
 
     #[test]
@@ -857,7 +1089,7 @@ mod tests {
         let records = world.tables.records.clone();
         *world.store.interloper.borrow_mut() = Some(Box::new(move |store| {
             for index in [0, 1] {
-                records.plant(store, index, &other.encode());
+                records.plant(store, index, &other.encode(&ReplayBody::default()).0);
             }
         }));
         let outcome = world.save("t1", "/", 401, None, NOW + 1);

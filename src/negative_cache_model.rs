@@ -1,7 +1,8 @@
 //! The negative cache in shared data against a model: a map from credential to its one entry.
 //! Any sequence of stores, lookups and purges of a few credentials, with the clock stepping and
 //! other writers conflicting with the compare-and-swap writes, finds exactly the model's live
-//! entries, with their own status and body.
+//! entries, with their own status and body, whether the body lives in the slot or (large)
+//! under its own key.
 
 use proptest::prelude::*;
 
@@ -20,21 +21,38 @@ fn ok<T, E: std::fmt::Debug>(result: Result<T, E>) -> Result<T, TestCaseError> {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Store { who: u8, status: u16, ttl_ms: u64 },
-    Lookup { who: u8 },
-    Purge { who: u8 },
-    Advance { ms: u64 },
+    /// `large`: a body too large for the slot, kept under its own key.
+    Store {
+        who: u8,
+        status: u16,
+        ttl_ms: u64,
+        large: bool,
+    },
+    Lookup {
+        who: u8,
+    },
+    Purge {
+        who: u8,
+    },
+    Advance {
+        ms: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0u8..2, prop_oneof![Just(401u16), Just(403)], 1u64..120_000).prop_map(
-            |(who, status, ttl_ms)| Op::Store {
+        (
+            0u8..2,
+            prop_oneof![Just(401u16), Just(403)],
+            1u64..120_000,
+            any::<bool>()
+        )
+            .prop_map(|(who, status, ttl_ms, large)| Op::Store {
                 who,
                 status,
-                ttl_ms
-            }
-        ),
+                ttl_ms,
+                large
+            }),
         (0u8..2).prop_map(|who| Op::Lookup { who }),
         (0u8..2).prop_map(|who| Op::Purge { who }),
         (0u64..90_000).prop_map(|ms| Op::Advance { ms }),
@@ -71,8 +89,11 @@ proptest! {
             store.conflicts.set(conflicts);
             match op {
                 Op::Advance { ms } => now += ms,
-                Op::Store { who, status, ttl_ms } => {
-                    let body = format!("{who}-{status}-{now}").into_bytes();
+                Op::Store { who, status, ttl_ms, large } => {
+                    let mut body = format!("{who}-{status}-{now}").into_bytes();
+                    if large {
+                        body.resize(2 * negative_cache::INLINE_REPLAY_BYTES, b'.');
+                    }
                     let record = Record {
                         inactive: false,
                         anonymous: false,
@@ -117,13 +138,12 @@ proptest! {
                         .filter(|(_, expires, _)| now < *expires);
                     match (found.hit, expected) {
                         (None, None) => {}
-                        (Some((index, record)), Some((status, expires, body))) => {
-                            prop_assert_eq!(record.status, *status);
-                            prop_assert_eq!(record.expires_ms, *expires);
-                            let replayed =
-                                ok(negative_cache::load_body(&store, &tables, index, &record))?
-                                    .and_then(|replay| replay.body);
-                            prop_assert_eq!(replayed.as_ref(), Some(body));
+                        (Some(hit), Some((status, expires, body))) => {
+                            prop_assert_eq!(hit.record.status, *status);
+                            prop_assert_eq!(hit.record.expires_ms, *expires);
+                            let replayed = ok(hit.replay(&store, &tables))?;
+                            let replayed = replayed.as_ref().and_then(|r| r.parts().body);
+                            prop_assert_eq!(replayed, Some(body.as_slice()));
                         }
                         (hit, expected) => {
                             return Err(TestCaseError::fail(format!(

@@ -159,13 +159,13 @@ pub fn table(capacity: u32) -> SlotTable {
 
 /// The slot holding this client's record, and the record.
 fn own_slot<'a>(
-    slots: &'a [Slot; 2],
+    slots: &'a [Slot<'a>; 2],
     client: &Fingerprint,
     epoch: u32,
-) -> Option<(&'a Slot, ClientRecord)> {
+) -> Option<(&'a Slot<'a>, ClientRecord)> {
     slots
         .iter()
-        .find_map(|slot| match ClientRecord::decode(&slot.bytes) {
+        .find_map(|slot| match ClientRecord::decode(slot.bytes) {
             Decoded::Record(record) if record.client == *client && record.epoch == epoch => {
                 Some((slot, record))
             }
@@ -316,9 +316,9 @@ pub fn block<S: SharedStore>(
 /// bucket of two blocks would go uncounted, the limiter silently off for it. A block gives way
 /// only in a bucket already holding two, to a failure that lands there: the bucket is chosen by
 /// a keyed fingerprint, one in `capacity / 2`, so nobody can aim at a block to cut it short.
-fn place_new<'a>(slots: &'a [Slot; 2], now_ms: u64, config: &RateLimitConfig) -> &'a Slot {
+fn place_new<'a>(slots: &'a [Slot<'a>; 2], now_ms: u64, config: &RateLimitConfig) -> &'a Slot<'a> {
     let rank = |slot: &Slot| -> (u8, u64) {
-        match ClientRecord::decode(&slot.bytes) {
+        match ClientRecord::decode(slot.bytes) {
             Decoded::Empty | Decoded::Unreadable => (0, 0),
             Decoded::Record(old) if old.epoch != config.epoch => (0, 0),
             Decoded::Record(old) if old.expired(now_ms, config) => (1, 0),

@@ -1,7 +1,9 @@
 //! The replies the filter sends itself, in one place.
 
 use crate::decimal;
-use crate::negative_cache::{Record, ReplayBody};
+#[cfg(test)]
+use crate::negative_cache::ReplayBody;
+use crate::negative_cache::{Record, ReplayParts};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
@@ -18,14 +20,14 @@ pub fn seconds_until(reset_ms: u64, now_ms: u64) -> u64 {
 /// A cache hit: the stored status, body, `content-type` and `www-authenticate`, plus `x-negcache:
 /// hit`, `age`, and `retry-after` counting down to the upstream's reset time. When the upstream's
 /// body was not kept, a short JSON body of the filter's own stands in for it.
-pub fn cache_hit(record: &Record, replay: ReplayBody, now_ms: u64) -> LocalReply {
+pub fn cache_hit(record: &Record, replay: ReplayParts<'_>, now_ms: u64) -> LocalReply {
     let mut headers = Vec::with_capacity(9);
     let body = match replay.body {
         Some(body) => {
-            if let Some(content_type) = text(replay.content_type.as_deref()) {
+            if let Some(content_type) = text(replay.content_type) {
                 headers.push(("content-type", content_type));
             }
-            body
+            body.to_vec()
         }
         None => {
             headers.push(("content-type", "application/json".to_string()));
@@ -36,7 +38,7 @@ pub fn cache_hit(record: &Record, replay: ReplayBody, now_ms: u64) -> LocalReply
             .into_bytes()
         }
     };
-    if let Some(challenge) = text(replay.www_authenticate.as_deref()) {
+    if let Some(challenge) = text(replay.www_authenticate) {
         headers.push(("www-authenticate", challenge));
     }
     headers.push(("x-negcache", "hit".to_string()));
@@ -138,7 +140,7 @@ mod tests {
             body: Some(b"{\"detail\":\"bad token\"}".to_vec()),
             ..ReplayBody::default()
         };
-        let reply = cache_hit(&record(0), replay, NOW);
+        let reply = cache_hit(&record(0), replay.parts(), NOW);
         assert_eq!(reply.status, 401);
         assert_eq!(reply.body, b"{\"detail\":\"bad token\"}");
         assert_eq!(
@@ -158,7 +160,7 @@ mod tests {
     fn retry_after_counts_down_and_never_says_zero() {
         let replay = ReplayBody::default();
         let at = |reset: u64| {
-            let reply = cache_hit(&record(reset), replay.clone(), NOW);
+            let reply = cache_hit(&record(reset), replay.parts(), NOW);
             header(&reply, "retry-after").map(str::to_string)
         };
         assert_eq!(at(NOW + 10_000).as_deref(), Some("10"));
@@ -176,7 +178,7 @@ mod tests {
             content_type: Some(b"text/html".to_vec()),
             ..ReplayBody::default()
         };
-        let reply = cache_hit(&record(0), replay, NOW);
+        let reply = cache_hit(&record(0), replay.parts(), NOW);
         assert_eq!(header(&reply, "content-type"), Some("application/json"));
         let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(body["status"], 401);
@@ -211,7 +213,7 @@ mod tests {
             body: Some(Vec::new()),
             ..ReplayBody::default()
         };
-        let reply = cache_hit(&record(0), replay, NOW);
+        let reply = cache_hit(&record(0), replay.parts(), NOW);
         assert_eq!(header(&reply, "www-authenticate"), None);
         assert_eq!(header(&reply, "content-type"), None);
     }

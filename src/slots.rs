@@ -34,19 +34,45 @@ pub const MAX_CAS_ATTEMPTS: usize = 16;
 /// Slots per bucket (per shared-data key).
 const WAYS: u32 = 2;
 
-/// One slot as read: its bytes (empty for a slot never written) and the CAS of its bucket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Slot {
+/// One slot as read: its bytes (empty for a slot never written), borrowed from its bucket's
+/// value, and the CAS of its bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot<'a> {
     pub index: u32,
-    pub bytes: Vec<u8>,
+    pub bytes: &'a [u8],
     pub cas: u32,
 }
 
 /// What an update decided to write: new bytes for one of the candidate slots it was given
 /// (`slot` borrows from them, so it cannot name another).
 pub struct Write<'a> {
-    pub slot: &'a Slot,
+    pub slot: &'a Slot<'a>,
     pub bytes: Vec<u8>,
+}
+
+/// A bucket as read: its value as the host handed it over, and where each of a fingerprint's
+/// two candidate slots lies in it. The slots are views of the value: reading a bucket copies
+/// nothing more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bucket {
+    value: Vec<u8>,
+    cas: u32,
+    candidates: [u32; 2],
+    ways: [std::ops::Range<usize>; 2],
+}
+
+impl Bucket {
+    /// The two candidate slots (the same one twice in a bucket with a single slot).
+    pub fn slots(&self) -> [Slot<'_>; 2] {
+        self.candidates.map(|index| Slot {
+            index,
+            bytes: self
+                .value
+                .get(self.ways[(index % WAYS) as usize].clone())
+                .unwrap_or_default(),
+            cas: self.cas,
+        })
+    }
 }
 
 /// A shared-data key (`<prefix>/<n>`), built on the stack: a request reads several keys, and
@@ -83,10 +109,10 @@ impl std::ops::Deref for SlotKey {
     }
 }
 
-/// The two ways of a bucket, each a short byte string (u16 length, then the bytes). An empty
-/// value (a bucket created but never written) is two empty slots.
-fn decode_bucket(value: &[u8]) -> [Vec<u8>; 2] {
-    let mut ways: [Vec<u8>; 2] = Default::default();
+/// Where the two ways of a bucket lie in its value: each a short byte string (u16 length, then
+/// the bytes). An empty value (a bucket created but never written) is two empty slots.
+fn decode_bucket(value: &[u8]) -> [std::ops::Range<usize>; 2] {
+    let mut ways = [0..0, 0..0];
     let mut reader = Reader::new(value);
     for way in &mut ways {
         // A way cut short reads, like the ones after it, as an empty slot, which the next
@@ -94,12 +120,13 @@ fn decode_bucket(value: &[u8]) -> [Vec<u8>; 2] {
         let Some(bytes) = reader.short_bytes() else {
             break;
         };
-        *way = bytes.to_vec();
+        let end = value.len() - reader.remaining();
+        *way = end - bytes.len()..end;
     }
     ways
 }
 
-fn encode_bucket(ways: &[Vec<u8>; 2]) -> Result<Vec<u8>, StoreError> {
+fn encode_bucket(ways: [&[u8]; 2]) -> Result<Vec<u8>, StoreError> {
     let mut writer = Writer::unversioned(ways.iter().map(|way| way.len() + 2).sum());
     for way in ways {
         writer
@@ -145,39 +172,31 @@ impl SlotTable {
         SlotKey::new(self.prefix, index / WAYS)
     }
 
+    /// The bucket of `index`, as read, with these two of its slots as candidates.
     fn read_bucket<S: SharedStore>(
         &self,
         store: &S,
-        index: u32,
-    ) -> Result<([Vec<u8>; 2], u32), StoreError> {
-        let (value, cas) = store.get(&self.key(index))?.unwrap_or_default();
-        Ok((decode_bucket(&value), cas))
+        candidates: [u32; 2],
+    ) -> Result<Bucket, StoreError> {
+        let (value, cas) = store.get(&self.key(candidates[0]))?.unwrap_or_default();
+        let ways = decode_bucket(&value);
+        Ok(Bucket {
+            value,
+            cas,
+            candidates,
+            ways,
+        })
     }
 
-    /// Both candidate slots of `fp`, in one read.
+    /// Both candidate slots of `fp`, in one read (`Bucket::slots`).
     pub fn read_candidates<S: SharedStore>(
         &self,
         store: &S,
         fp: &Fingerprint,
-    ) -> Result<[Slot; 2], StoreError> {
-        let [first, second] = self.candidates(fp);
-        let (ways, cas) = self.read_bucket(store, first)?;
-        let [way0, way1] = ways;
-        // `first` is always a bucket's first slot; `second` is its other one, or `first` again
-        // in a bucket with a single slot.
-        let second_bytes = if second == first { way0.clone() } else { way1 };
-        Ok([
-            Slot {
-                index: first,
-                bytes: way0,
-                cas,
-            },
-            Slot {
-                index: second,
-                bytes: second_bytes,
-                cas,
-            },
-        ])
+    ) -> Result<Bucket, StoreError> {
+        // The first candidate is always a bucket's first slot; the second is its other one, or
+        // the first again in a bucket with a single slot.
+        self.read_bucket(store, self.candidates(fp))
     }
 
     /// Reads both candidates and lets `decide` return its result and what to write (`None`:
@@ -192,10 +211,11 @@ impl SlotTable {
     ) -> Result<T, StoreError>
     where
         S: SharedStore,
-        F: FnMut(&[Slot; 2]) -> (T, Option<Write<'_>>),
+        F: for<'s> FnMut(&'s [Slot<'s>; 2]) -> (T, Option<Write<'s>>),
     {
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let slots = self.read_candidates(store, fp)?;
+            let bucket = self.read_candidates(store, fp)?;
+            let slots = bucket.slots();
             let (result, write) = decide(&slots);
             let Some(write) = write else {
                 return Ok(result);
@@ -218,12 +238,12 @@ impl SlotTable {
         index: u32,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        let mut ways: [Vec<u8>; 2] = Default::default();
+        let mut ways: [&[u8]; 2] = [&[], &[]];
         for slot in slots {
-            ways[(slot.index % WAYS) as usize].clone_from(&slot.bytes);
+            ways[(slot.index % WAYS) as usize] = slot.bytes;
         }
-        ways[(index % WAYS) as usize] = bytes.to_vec();
-        store.set(&self.key(index), &encode_bucket(&ways)?, slots[0].cas)
+        ways[(index % WAYS) as usize] = bytes;
+        store.set(&self.key(index), &encode_bucket(ways)?, slots[0].cas)
     }
 
     /// Creates every bucket key that does not exist yet, empty, so that CAS protects each
@@ -256,13 +276,11 @@ impl SlotTable {
     /// Overwrites one slot, whatever its bucket holds: for tests that plant bytes.
     #[cfg(test)]
     pub fn plant<S: SharedStore>(&self, store: &S, index: u32, bytes: &[u8]) {
-        let (ways, cas) = self.read_bucket(store, index).unwrap_or_default();
-        let slots = [0, 1].map(|way| Slot {
-            index: index - index % WAYS + way,
-            bytes: ways[way as usize].clone(),
-            cas,
-        });
-        let _ = self.write_slot(store, &slots, index, bytes);
+        let first = index - index % WAYS;
+        let Ok(bucket) = self.read_bucket(store, [first, first + 1]) else {
+            return;
+        };
+        let _ = self.write_slot(store, &bucket.slots(), index, bytes);
     }
 }
 
@@ -315,6 +333,7 @@ pub mod memory {
         /// Before the next write to an existing key, another writer makes this change.
         pub interloper: RefCell<Option<Interloper>>,
         pub fail_host: Cell<bool>,
+        pub reads: Cell<usize>,
         pub writes: Cell<usize>,
     }
 
@@ -342,6 +361,7 @@ pub mod memory {
             if self.fail_host.get() {
                 return Err(StoreError::Host);
             }
+            self.reads.set(self.reads.get() + 1);
             Ok(self.map.borrow().get(key).cloned())
         }
 
@@ -388,9 +408,9 @@ mod tests {
     }
 
     /// Appends `tag` to the first candidate; the result is the bytes it found there.
-    fn append(tag: u8) -> impl FnMut(&[Slot; 2]) -> (Vec<u8>, Option<Write<'_>>) {
+    fn append(tag: u8) -> impl for<'a> FnMut(&'a [Slot<'a>; 2]) -> (Vec<u8>, Option<Write<'a>>) {
         move |slots| {
-            let found = slots[0].bytes.clone();
+            let found = slots[0].bytes.to_vec();
             let mut bytes = found.clone();
             bytes.push(tag);
             let write = Write {
@@ -460,18 +480,16 @@ mod tests {
                         slot,
                         bytes: bytes.to_vec(),
                     };
-                    (slot.bytes.clone(), Some(write))
+                    (slot.bytes.to_vec(), Some(write))
                 })
                 .unwrap()
         };
         write(1, b"second");
         let before = write(0, b"first");
         assert!(before.is_empty());
-        let [a, b] = table.read_candidates(&store, &fp(1)).unwrap();
-        assert_eq!(
-            (a.bytes.as_slice(), b.bytes.as_slice()),
-            (&b"first"[..], &b"second"[..])
-        );
+        let bucket = table.read_candidates(&store, &fp(1)).unwrap();
+        let [a, b] = bucket.slots();
+        assert_eq!((a.bytes, b.bytes), (&b"first"[..], &b"second"[..]));
         assert_eq!(store.keys(), 5, "one key a bucket");
     }
 
@@ -480,25 +498,30 @@ mod tests {
         let store = MemoryStore::default();
         let table = SlotTable::new("t", 8);
         store.put(&table.key(table.candidates(&fp(1))[0]), &[200, 0, 1, 2]);
-        let [a, b] = table.read_candidates(&store, &fp(1)).unwrap();
+        let bucket = table.read_candidates(&store, &fp(1)).unwrap();
+        let [a, b] = bucket.slots();
         assert!(a.bytes.is_empty() && b.bytes.is_empty());
         table.update(&store, &fp(1), append(b'x')).unwrap();
-        let [a, _] = table.read_candidates(&store, &fp(1)).unwrap();
+        let bucket = table.read_candidates(&store, &fp(1)).unwrap();
+        let [a, _] = bucket.slots();
         assert_eq!(a.bytes, b"x");
+    }
+
+    /// The two ways of a bucket's value, copied out.
+    fn ways(value: &[u8]) -> [Vec<u8>; 2] {
+        decode_bucket(value).map(|way| value[way].to_vec())
     }
 
     #[test]
     fn any_bytes_decode_to_two_slots() {
-        let bucket = encode_bucket(&[b"first".to_vec(), b"second slot".to_vec()]).unwrap();
-        assert_eq!(
-            decode_bucket(&bucket),
-            [b"first".to_vec(), b"second slot".to_vec()]
-        );
-        assert_eq!(decode_bucket(&bucket[..9]), [b"first".to_vec(), Vec::new()]);
+        let bucket = encode_bucket([b"first", b"second slot"]).unwrap();
+        assert_eq!(ways(&bucket), [b"first".to_vec(), b"second slot".to_vec()]);
+        assert_eq!(ways(&bucket[..9]), [b"first".to_vec(), Vec::new()]);
         for bytes in hostile::inputs(&bucket) {
-            let ways = decode_bucket(&bytes);
-            assert!(ways.iter().map(Vec::len).sum::<usize>() <= bytes.len());
-            assert_eq!(decode_bucket(&encode_bucket(&ways).unwrap()), ways);
+            let read = ways(&bytes);
+            assert!(read.iter().map(Vec::len).sum::<usize>() <= bytes.len());
+            let again = encode_bucket([&read[0], &read[1]]).unwrap();
+            assert_eq!(ways(&again), read);
         }
     }
 
@@ -535,7 +558,8 @@ mod tests {
         store.conflicts.set(5);
         table.update(&store, &fp(1), append(b'a')).unwrap();
         table.update(&store, &fp(1), append(b'b')).unwrap();
-        let [slot, _] = table.read_candidates(&store, &fp(1)).unwrap();
+        let bucket = table.read_candidates(&store, &fp(1)).unwrap();
+        let [slot, _] = bucket.slots();
         assert_eq!(slot.bytes, b"ab");
     }
 
@@ -565,7 +589,8 @@ mod tests {
             found, b"theirs ",
             "what the second decision saw, not the first"
         );
-        let [slot, _] = table.read_candidates(&store, &fp(1)).unwrap();
+        let bucket = table.read_candidates(&store, &fp(1)).unwrap();
+        let [slot, _] = bucket.slots();
         assert_eq!(slot.bytes, b"theirs !");
     }
 
@@ -590,7 +615,8 @@ mod tests {
             table.update(&store, &fp(1), append(b'a')),
             Err(StoreError::CasMismatch)
         );
-        let [slot, _] = table.read_candidates(&store, &fp(1)).unwrap();
+        let bucket = table.read_candidates(&store, &fp(1)).unwrap();
+        let [slot, _] = bucket.slots();
         assert!(slot.bytes.is_empty());
     }
 

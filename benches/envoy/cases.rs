@@ -18,16 +18,18 @@ const GOOD_TOKEN: &str = "Bearer bench-good-token";
 const GOOD_CLIENT: &str = "203.0.113.7";
 /// The failing credential the `hit` and `block` cases replay.
 const BAD_TOKEN: &str = "Bearer bench-bad-token";
+/// The client of `hit-rl` (TEST-NET-3), resolved from a trusted X-Forwarded-For.
+const FAILING_CLIENT: &str = "203.0.113.9";
 /// Threads (each one keep-alive connection) that send the fill-up requests.
 const FILL_THREADS: usize = 4;
 /// The upstream's 401 body.
 pub const FAIL_BODY: &str = r#"{"error":"invalid token"}"#;
 
 /// The negcache cases that `BENCH_VARIANTS` repeats with another build of the filter.
-pub const VARIANT_CASES: [&str; 3] = ["pass", "hit", "block"];
+pub const VARIANT_CASES: [&str; 4] = ["pass", "hit", "hit-rl", "block"];
 
 /// Host-call probes (`bench/floor` probe mode): case name and the floor's `op`.
-pub const PROBES: [(&str, &str); 10] = [
+pub const PROBES: [(&str, &str); 13] = [
     ("probe-headers", "headers"),
     ("probe-header", "header"),
     ("probe-header-missing", "header_missing"),
@@ -38,6 +40,27 @@ pub const PROBES: [(&str, &str); 10] = [
     ("probe-shared-set", "shared_set"),
     ("probe-metric", "metric"),
     ("probe-time", "time"),
+    ("probe-shared-get-missing", "shared_get_missing"),
+    ("probe-shared-get-large", "shared_get_large"),
+    ("probe-alloc", "alloc"),
+];
+
+/// The same probes making their call once per request (`"times": 1`), in `PROBES`' order: the
+/// first call of a kind in a request against the ones after it.
+pub const ONCE_PROBES: [(&str, &str); 13] = [
+    ("probe-once-headers", "headers"),
+    ("probe-once-header", "header"),
+    ("probe-once-header-missing", "header_missing"),
+    ("probe-once-property", "property"),
+    ("probe-once-set-property", "set_property"),
+    ("probe-once-set-property-new", "set_property_new"),
+    ("probe-once-shared-get", "shared_get"),
+    ("probe-once-shared-set", "shared_set"),
+    ("probe-once-metric", "metric"),
+    ("probe-once-time", "time"),
+    ("probe-once-shared-get-missing", "shared_get_missing"),
+    ("probe-once-shared-get-large", "shared_get_large"),
+    ("probe-once-alloc", "alloc"),
 ];
 
 /// The floor's mimic mode: the host calls negcache makes on a good request, and variants.
@@ -107,8 +130,10 @@ impl Case {
             self.name
         );
         match self.base {
-            "hit" => assert_eq!(resp.negcache(), Some("hit"), "{}: {resp:?}", self.name),
-            "block" => assert!(
+            "hit" | "hit-rl" | "hit-min" => {
+                assert_eq!(resp.negcache(), Some("hit"), "{}: {resp:?}", self.name);
+            }
+            "block" | "block-min" => assert!(
                 resp.header("retry-after").is_some(),
                 "{}: {resp:?}",
                 self.name
@@ -226,6 +251,8 @@ enum Start {
     Hit,
     /// negcache with `max_failures` 0 and one failure, so the client is blocked.
     Block,
+    /// negcache with one failing request stored, rate limit on: every hit counts a failure.
+    HitRl,
 }
 
 /// A case before its Envoy is started.
@@ -312,6 +339,15 @@ impl Spec {
                 config["rate_limit"] = json!({"enabled": false});
                 self.after_one_failure(upstream, wasm, config, "negcache_stores_total")
             }
+            Start::HitRl => {
+                // The rate limit as it ships, except that a client is never blocked: over the
+                // whole run the replayed 401s stay below max_failures within one window.
+                let config = negcache_config(json!({
+                    "max_failures": 1_000_000,
+                    "window_seconds": 10,
+                }));
+                self.after_one_failure(upstream, wasm, config, "negcache_stores_total")
+            }
             Start::Block => self.after_one_failure(
                 upstream,
                 wasm,
@@ -351,7 +387,10 @@ fn all_specs(settings: &Settings) -> Vec<Spec> {
         name: name.to_string(),
         base: name,
         what: what.to_string(),
-        metrics: if matches!(start, Start::Pass | Start::Hit | Start::Block) {
+        metrics: if matches!(
+            start,
+            Start::Pass | Start::Hit | Start::HitRl | Start::Block
+        ) {
             CACHE_METRICS
         } else {
             &[]
@@ -410,10 +449,44 @@ fn all_specs(settings: &Settings) -> Vec<Spec> {
             401,
         ),
         spec(
+            "hit-rl",
+            "negcache replays a cached 401 with the rate limit on (max_failures 1000000 in a \
+             10 s window): each hit also reads the client's record and counts the failure",
+            Start::HitRl,
+            &negcache,
+            "/fail",
+            &headers(&[
+                ("authorization", BAD_TOKEN),
+                ("x-forwarded-for", FAILING_CLIENT),
+            ]),
+            401,
+        ),
+        spec(
+            "hit-min",
+            "floor: the calls a correct hit needs (request header map, one shared-data read of \
+             140 bytes, clock, decision to filter state) and the same 401 (bench/floor)",
+            Start::Floor(json!({"mode": "mimic", "variant": "hit_min"})),
+            &floor,
+            "/fail",
+            &bad,
+            401,
+        ),
+        spec(
             "block",
             "negcache's 429 to a blocked client (max_failures 0, one failure first)",
             Start::Block,
             &negcache,
+            "/ok",
+            &headers(&[("authorization", GOOD_TOKEN)]),
+            429,
+        ),
+        spec(
+            "block-min",
+            "floor: the calls a correct 429 needs (request header map, source.address, one \
+             shared-data read of 116 bytes, clock, client and decision to filter state) and the \
+             same 429 (bench/floor)",
+            Start::Floor(json!({"mode": "mimic", "variant": "block_min"})),
+            &floor,
             "/ok",
             &headers(&[("authorization", GOOD_TOKEN)]),
             429,
@@ -455,6 +528,17 @@ fn all_specs(settings: &Settings) -> Vec<Spec> {
             name,
             "floor filter making one kind of host call PROBE_TIMES times per request",
             Start::Floor(json!({"mode": "probe", "op": op})),
+            &floor,
+            "/ok",
+            &good,
+            200,
+        ));
+    }
+    for (name, op) in ONCE_PROBES {
+        specs.push(spec(
+            name,
+            "floor filter making one kind of host call once per request",
+            Start::Floor(json!({"mode": "probe", "op": op, "times": 1})),
             &floor,
             "/ok",
             &good,

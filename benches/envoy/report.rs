@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::cases::{
-    CACHE_METRICS, CAPACITY, FAIL_BODY, PASS_CALL_PROBES, PROBES, PROBE_TIMES, REPLY_CALL_PROBES,
-    VARIANT_CASES,
+    CACHE_METRICS, CAPACITY, FAIL_BODY, ONCE_PROBES, PASS_CALL_PROBES, PROBES, PROBE_TIMES,
+    REPLY_CALL_PROBES, VARIANT_CASES,
 };
 use crate::measure::{
     Machine, Measured, MemoryResult, Series, MEMORY_BATCH, WRK_CONNECTIONS, WRK_THREADS,
@@ -165,9 +165,9 @@ impl Report<'_> {
         );
         let _ = writeln!(
             out,
-            "- wasm: `{}` {} bytes, floor `{}` {} bytes (both the release profile: opt-level z, \
-             LTO, stripped; `make bench` passes both through the same `wasm-opt` as `make \
-             build` when it is installed)",
+            "- wasm: `{}` {} bytes, floor `{}` {} bytes (each crate's release profile, LTO, \
+             stripped; `make bench` passes both through the same `wasm-opt` as `make build` \
+             when it is installed)",
             relative(&s.negcache_wasm),
             file_size(&s.negcache_wasm),
             relative(&s.floor_wasm),
@@ -227,6 +227,9 @@ impl Report<'_> {
         let _ = writeln!(out, "| ratio | median | min | max |");
         let _ = writeln!(out, "|---|---:|---:|---:|");
         for (a, b) in RATIOS {
+            if self.case(a).is_none() || self.case(b).is_none() {
+                continue;
+            }
             let ratios = self.per_round(a, b, |x, y| x.wrk.rps / y.wrk.rps);
             let cells = spread_cells(&ratios, |v| format!("{v:.3}"));
             let _ = writeln!(out, "| `{a} / {b}` | {cells} |");
@@ -244,6 +247,9 @@ impl Report<'_> {
         let _ = writeln!(out, "| case | floor | added µs/request | min | max |");
         let _ = writeln!(out, "|---|---|---:|---:|---:|");
         for (a, b) in CPU_DELTAS {
+            if self.case(a).is_none() || self.case(b).is_none() {
+                continue;
+            }
             let deltas = self.per_round(a, b, |x, y| x.cpu_us_per_request - y.cpu_us_per_request);
             let cells = spread_cells(&deltas, |v| format!("{v:+.1}"));
             let _ = writeln!(out, "| `{a}` | `{b}` | {cells} |");
@@ -254,18 +260,41 @@ impl Report<'_> {
             let _ = writeln!(out, "\n## What one host call costs\n");
             let _ = writeln!(
                 out,
-                "Envoy CPU µs per request of a floor filter making one kind of host call {PROBE_TIMES} \
-                 times per request, minus `noop-wasm` in the same round, divided by {PROBE_TIMES}; \
-                 the median, with the range.\n"
+                "Envoy CPU µs per request of a floor filter making one kind of host call \
+                 {PROBE_TIMES} times per request, minus `noop-wasm` in the same round, divided by \
+                 {PROBE_TIMES}; the median, with the range. When the same call made once per \
+                 request was measured too (`probe-once-...`): the first call's cost (once minus \
+                 `noop-wasm`) and each further call's ((ten minus once) / {}).\n",
+                PROBE_TIMES - 1.0
             );
-            let _ = writeln!(out, "| host call | µs per call | min | max |");
-            let _ = writeln!(out, "|---|---:|---:|---:|");
+            let _ = writeln!(
+                out,
+                "| host call | µs per call (of ten) | min | max | first call µs | min | max | \
+                 each further call µs | min | max |"
+            );
+            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             for (name, op) in probes {
                 let per_call = self.per_round(name, "noop-wasm", |x, y| {
                     (x.cpu_us_per_request - y.cpu_us_per_request) / PROBE_TIMES
                 });
-                let cells = spread_cells(&per_call, |v| format!("{v:.2}"));
-                let _ = writeln!(out, "| `{op}` | {cells} |");
+                let once = ONCE_PROBES
+                    .iter()
+                    .find(|(_, once_op)| *once_op == op)
+                    .map_or("", |(once, _)| *once);
+                let first = self.per_round(once, "noop-wasm", |x, y| {
+                    x.cpu_us_per_request - y.cpu_us_per_request
+                });
+                let further = self.per_round(name, once, |x, y| {
+                    (x.cpu_us_per_request - y.cpu_us_per_request) / (PROBE_TIMES - 1.0)
+                });
+                let cell = |v: f64| format!("{v:.2}");
+                let _ = writeln!(
+                    out,
+                    "| `{op}` | {} | {} | {} |",
+                    spread_cells(&per_call, cell),
+                    spread_cells(&first, cell),
+                    spread_cells(&further, cell)
+                );
             }
         }
 
@@ -442,19 +471,34 @@ impl Report<'_> {
     }
 }
 
-const RATIOS: [(&str, &str); 6] = [
+const RATIOS: [(&str, &str); 14] = [
     ("pass", "noop-wasm"),
-    ("pass", "no-filter"),
+    ("pass", "probe-pass-calls"),
+    ("probe-pass-calls", "noop-wasm"),
+    ("hit", "hit-min"),
+    ("block", "block-min"),
     ("hit", "noop-reply"),
     ("block", "noop-reply"),
+    ("hit-rl", "hit-min"),
+    ("hit-rl", "hit"),
+    ("hit-min", "noop-reply"),
+    ("block-min", "noop-reply"),
+    ("pass", "no-filter"),
     ("hit", "native-reply"),
     ("noop-wasm-2", "noop-wasm"),
 ];
 
-const CPU_DELTAS: [(&str, &str); 6] = [
+const CPU_DELTAS: [(&str, &str); 13] = [
     ("pass", "noop-wasm"),
+    ("pass", "probe-pass-calls"),
+    ("probe-pass-calls", "noop-wasm"),
+    ("hit", "hit-min"),
+    ("block", "block-min"),
     ("hit", "noop-reply"),
     ("block", "noop-reply"),
+    ("hit-rl", "hit"),
+    ("hit-min", "noop-reply"),
+    ("block-min", "noop-reply"),
     ("noop-wasm", "no-filter"),
     ("noop-reply", "native-reply"),
     ("noop-wasm-2", "noop-wasm"),

@@ -1,6 +1,7 @@
 //! Whatever bytes shared data holds (another build's records, a torn write, garbage): every
-//! read of the cache's and the limiter's tables decodes them to an entry or to "nothing", and
-//! every write replaces them, never a panic.
+//! read of the cache's and the limiter's tables decodes them to an entry or to "nothing" (a
+//! cache slot's record and the replay after it, or the body key of a large replay), and every
+//! write replaces them, never a panic.
 #![no_main]
 
 use std::cell::RefCell;
@@ -62,9 +63,9 @@ fuzz_target!(|bytes: &[u8]| {
         &clock,
         |_| Some(Fingerprint([9; 16])),
     ) {
-        if let Some((index, record)) = found.hit {
-            if let Ok(Some(body)) = negative_cache::load_body(&store, &tables, index, &record) {
-                let _ = reply::cache_hit(&record, body, NOW);
+        if let Some(hit) = found.hit {
+            if let Ok(Some(replayed)) = hit.replay(&store, &tables) {
+                let _ = reply::cache_hit(&hit.record, replayed.parts(), NOW);
             }
         }
     }
@@ -80,14 +81,17 @@ fuzz_target!(|bytes: &[u8]| {
         identity,
         key: Fingerprint([9; 16]),
     };
-    let body = ReplayBody {
-        key: record.key,
-        stored_ms: NOW,
-        content_type: None,
-        www_authenticate: None,
-        body: Some(b"{}".to_vec()),
-    };
-    let _ = negative_cache::store(&store, &tables, &record, &body);
+    // A replay kept in the slot, then one too large for it, under its own key.
+    for size in [2, 2 * negative_cache::INLINE_REPLAY_BYTES] {
+        let body = ReplayBody {
+            key: record.key,
+            stored_ms: NOW,
+            content_type: None,
+            www_authenticate: None,
+            body: Some(vec![b'x'; size]),
+        };
+        let _ = negative_cache::store(&store, &tables, &record, &body);
+    }
     let _ = negative_cache::purge(&store, &tables, &identity, 0, NOW);
 
     let limiter = rate_limit::table(config.rate_limit.capacity);

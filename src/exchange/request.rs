@@ -9,7 +9,7 @@ use crate::credential;
 use crate::filter_config::FilterConfig;
 use crate::fingerprint::Who;
 use crate::metrics::Metric;
-use crate::negative_cache::{self, Record};
+use crate::negative_cache::{self, Hit};
 use crate::path;
 use crate::rate_limit::{self, Admission};
 use crate::reply::{self, LocalReply};
@@ -58,16 +58,6 @@ impl Exchange {
         // An unusable credential (ambiguous or blank) is still an attempt to authenticate: its
         // failures count, but nothing is looked up or stored for it.
         self.has_credential = presented.is_presented();
-        let identity = presented.credential().and_then(|found| {
-            let source = filter.source_labels.get(found.source)?;
-            Some(filter.hasher.identity(
-                &line.authority,
-                Who::Credential {
-                    source,
-                    value: &found.value,
-                },
-            ))
-        });
         self.seen = true;
         self.head = line.method == "HEAD";
         if !config.cors.allowed_origins.is_empty() {
@@ -114,6 +104,17 @@ impl Exchange {
         if !cache.enabled {
             return RequestStep::CONTINUE;
         }
+        // Hashed only now: a request the limiter refuses never needs its identity.
+        let identity = presented.credential().and_then(|found| {
+            let source = filter.source_labels.get(found.source)?;
+            Some(filter.hasher.identity(
+                &line.authority,
+                Who::Credential {
+                    source,
+                    value: &found.value,
+                },
+            ))
+        });
         self.subject = match identity {
             Some(identity) => Some(Subject {
                 identity,
@@ -152,7 +153,7 @@ impl Exchange {
                 report.decide(Decision::ShadowHit);
                 RequestStep::CONTINUE
             }
-            Some((index, record)) => self.replay(filter, host, index, &record, &clock, report),
+            Some(hit) => self.replay(filter, host, &hit, &clock, report),
             None => {
                 report.inc(Metric::Misses);
                 report.decide(Decision::Miss);
@@ -222,19 +223,19 @@ impl Exchange {
         Some(reply::rate_limited(retry_after, policy))
     }
 
-    /// Answers from the cache; a body that belongs to a newer entry being written right now
-    /// makes it a miss.
+    /// Answers from the cache; a large body that belongs to a newer entry being written right
+    /// now makes it a miss.
     fn replay<H: Host>(
         &mut self,
         filter: &FilterConfig,
         host: &H,
-        index: u32,
-        record: &Record,
+        hit: &Hit,
         clock: &Clock,
         report: &mut Report,
     ) -> RequestStep {
-        match negative_cache::load_body(host.store(), &filter.tables, index, record) {
-            Ok(Some(body)) => {
+        let record = &hit.record;
+        match hit.replay(host.store(), &filter.tables) {
+            Ok(Some(replayed)) => {
                 report.inc(Metric::Hits);
                 report.decide(Decision::Hit);
                 debug!(
@@ -248,7 +249,7 @@ impl Exchange {
                 } else {
                     None
                 };
-                let reply = reply::cache_hit(record, body, clock.now_ms());
+                let reply = reply::cache_hit(record, replayed.parts(), clock.now_ms());
                 self.reply(filter, reply, tally)
             }
             Ok(None) => {

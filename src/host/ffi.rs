@@ -32,6 +32,57 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> Status;
+
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> Status;
+}
+
+/// Sends a local reply; `false` when the host refused it. The headers are serialized straight
+/// into one buffer (the SDK's wrapper wants them as a new list of pairs first, and panics on a
+/// status it does not expect).
+pub fn send_local_response(status: u16, headers: &[(&str, String)], body: &[u8]) -> bool {
+    // The host's map layout: a count, each name's and value's length, then each name and value
+    // followed by a NUL (see `request::Headers::from_serialized`).
+    let size = 4 + headers
+        .iter()
+        .map(|(name, value)| 10 + name.len() + value.len())
+        .sum::<usize>();
+    let mut map = Vec::with_capacity(size);
+    let length = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    map.extend_from_slice(&length(headers.len()));
+    for (name, value) in headers {
+        map.extend_from_slice(&length(name.len()));
+        map.extend_from_slice(&length(value.len()));
+    }
+    for (name, value) in headers {
+        map.extend_from_slice(name.as_bytes());
+        map.push(0);
+        map.extend_from_slice(value.as_bytes());
+        map.push(0);
+    }
+    // SAFETY: every pointer is valid for its length for the duration of the call; the host
+    // copies what it needs.
+    let status = unsafe {
+        proxy_send_local_response(
+            u32::from(status),
+            std::ptr::null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            map.as_ptr(),
+            map.len(),
+            -1,
+        )
+    };
+    status == Status::Ok
 }
 
 /// Sets filter state `wasm.<name>` (a single-segment property path), readable by the access

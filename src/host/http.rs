@@ -127,12 +127,7 @@ impl NegcacheHttp {
 
 /// Sends one of the filter's own replies; `false` when the host refused it.
 fn send(local: &LocalReply) -> bool {
-    let headers: Vec<(&str, &str)> = local
-        .headers
-        .iter()
-        .map(|(name, value)| (*name, value.as_str()))
-        .collect();
-    hostcalls::send_http_response(u32::from(local.status), headers, Some(&local.body)).is_ok()
+    ffi::send_local_response(local.status, &local.headers, &local.body)
 }
 
 impl Context for NegcacheHttp {

@@ -54,6 +54,37 @@ fn a_miss_is_stored_and_the_next_request_is_answered_with_what_was_stored() {
 }
 
 #[test]
+fn a_hit_is_answered_from_one_shared_data_read_unless_its_body_is_large() {
+    let limit_off = r#"{"rate_limit": {"enabled": false}}"#;
+    let mut proxy = Proxy::new(limit_off);
+    proxy.send(&get("/a").token("dead"), unauthorized());
+    let reads = proxy.store_reads();
+    let hit = proxy.send(&get("/a").token("dead"), upstream(200));
+    assert_eq!(
+        (hit.decision, hit.body.as_slice()),
+        (Some(Decision::Hit), BAD)
+    );
+    assert_eq!(
+        proxy.store_reads() - reads,
+        1,
+        "the slot holds record and body"
+    );
+
+    // A body too large to share the slot is read from its own key.
+    let large = vec![b'x'; 1_500];
+    proxy.send(
+        &get("/a").token("large"),
+        upstream(401)
+            .header("content-type", "text/plain")
+            .chunk(&large),
+    );
+    let reads = proxy.store_reads();
+    let hit = proxy.send(&get("/a").token("large"), upstream(200));
+    assert_eq!((hit.decision, hit.body), (Some(Decision::Hit), large));
+    assert_eq!(proxy.store_reads() - reads, 2);
+}
+
+#[test]
 fn a_forbidden_is_kept_per_method_and_path() {
     let mut proxy = Proxy::new("{}");
     proxy.send(&get("/admin").token("t"), upstream(403).chunk(b"no"));
@@ -329,12 +360,13 @@ fn corrupt_slots_are_counted_as_errors_and_overwritten() {
             value: b"Bearer t",
         },
     );
+    // The current format's version byte (2), then too few bytes for a record.
     for index in proxy.filter.tables.records.candidates(&identity) {
         proxy
             .filter
             .tables
             .records
-            .plant(&proxy.host.store, index, &[1, 2, 3]);
+            .plant(&proxy.host.store, index, &[2, 2, 3]);
     }
     let seen = proxy.send(&get("/").token("t"), unauthorized());
     assert!(seen.reached_upstream);

@@ -272,6 +272,10 @@ impl Proxy {
         self.host.store.writes.get()
     }
 
+    pub fn store_reads(&self) -> usize {
+        self.host.store.reads.get()
+    }
+
     /// A whole exchange: the request, then (if it reached the upstream) `response`.
     pub fn send(&mut self, req: &Req, response: Upstream) -> Seen {
         let flight = self.start(req);
