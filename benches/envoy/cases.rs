@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::load::{client_ip, flood};
-use crate::common::{Envoy, EnvoyOptions, Response, Upstream, METRICS_SETTLE};
+use crate::common::rls::rls_cluster;
+use crate::common::{free_port, Envoy, EnvoyOptions, Response, Upstream, METRICS_SETTLE};
 use crate::Settings;
 
 /// Slots in both tables for `pass` and the memory part.
@@ -245,8 +246,10 @@ enum Start {
     Plain(Option<(u16, String)>),
     /// A floor filter (bench/floor) with this configuration.
     Floor(Value),
-    /// negcache, cache and rate limit on, both tables filled beforehand.
-    Pass,
+    /// negcache, cache and rate limit on, both tables filled beforehand; with `cluster`, in
+    /// cluster mode (`rate_limit.cluster`) against a rate limit service that is not there: a
+    /// good request never calls it.
+    Pass { cluster: bool },
     /// negcache with one failing request stored, rate limit off.
     Hit,
     /// negcache with `max_failures` 0 and one failure, so the client is blocked.
@@ -312,10 +315,17 @@ impl Spec {
                 ..bench_options(upstream, None, json!({}))
             }),
             Start::Floor(config) => Envoy::start(bench_options(upstream, wasm, config.clone())),
-            Start::Pass => {
+            Start::Pass { cluster } => {
+                let mut config = negcache_config(json!({}));
+                let mut extra_clusters = Vec::new();
+                if *cluster {
+                    config["rate_limit"]["cluster"] = json!({"rls_cluster": "ratelimit"});
+                    extra_clusters.push(rls_cluster("ratelimit", free_port()));
+                }
                 let envoy = Envoy::start(EnvoyOptions {
                     skip_xff_append: true,
-                    ..bench_options(upstream, wasm, negcache_config(json!({})))
+                    extra_clusters,
+                    ..bench_options(upstream, wasm, config)
                 });
                 let took = fill(&envoy, "bench-fill", 0..2 * CAPACITY);
                 thread::sleep(METRICS_SETTLE);
@@ -389,7 +399,7 @@ fn all_specs(settings: &Settings) -> Vec<Spec> {
         what: what.to_string(),
         metrics: if matches!(
             start,
-            Start::Pass | Start::Hit | Start::HitRl | Start::Block
+            Start::Pass { .. } | Start::Hit | Start::HitRl | Start::Block
         ) {
             CACHE_METRICS
         } else {
@@ -433,7 +443,17 @@ fn all_specs(settings: &Settings) -> Vec<Spec> {
             "pass",
             "negcache, cache and rate limit on, good token (upstream 200) from a trusted \
              X-Forwarded-For, both tables filled beforehand",
-            Start::Pass,
+            Start::Pass { cluster: false },
+            &negcache,
+            "/ok",
+            &good,
+            200,
+        ),
+        spec(
+            "pass-cluster",
+            "`pass` in cluster mode (`rate_limit.cluster`): a good request makes no call to the \
+             rate limit service",
+            Start::Pass { cluster: true },
             &negcache,
             "/ok",
             &good,

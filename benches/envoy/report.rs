@@ -471,8 +471,9 @@ impl Report<'_> {
     }
 }
 
-const RATIOS: [(&str, &str); 14] = [
+const RATIOS: [(&str, &str); 15] = [
     ("pass", "noop-wasm"),
+    ("pass-cluster", "pass"),
     ("pass", "probe-pass-calls"),
     ("probe-pass-calls", "noop-wasm"),
     ("hit", "hit-min"),
@@ -488,8 +489,9 @@ const RATIOS: [(&str, &str); 14] = [
     ("noop-wasm-2", "noop-wasm"),
 ];
 
-const CPU_DELTAS: [(&str, &str); 13] = [
+const CPU_DELTAS: [(&str, &str); 14] = [
     ("pass", "noop-wasm"),
+    ("pass-cluster", "pass"),
     ("pass", "probe-pass-calls"),
     ("probe-pass-calls", "noop-wasm"),
     ("hit", "hit-min"),
