@@ -254,14 +254,8 @@ impl HttpContext for FloorHttp {
     }
 }
 
-/// negcache's calls for a cache hit, and its reply.
-fn mimic_hit(http: &mut FloorHttp) -> Action {
-    let _ = ffi_header_map(MapType::HttpRequestHeaders);
-    // The bucket holding the entry, then the entry's body.
-    let _ = hostcalls::get_shared_data(BUCKET_KEY);
-    let _ = hostcalls::get_shared_data(RECORD_KEY);
-    let _ = hostcalls::get_current_time();
-    let _ = hostcalls::set_property(vec!["floor_decision"], Some(b"hit"));
+/// negcache's 401 for a cache hit, with its headers.
+fn send_hit(http: &mut FloorHttp) -> Action {
     http.send_http_response(
         401,
         vec![
@@ -275,14 +269,8 @@ fn mimic_hit(http: &mut FloorHttp) -> Action {
     Action::Pause
 }
 
-/// negcache's calls for a blocked client, and its 429.
-fn mimic_block(http: &mut FloorHttp) -> Action {
-    let _ = ffi_header_map(MapType::HttpRequestHeaders);
-    let _ = hostcalls::get_property(vec!["source", "address"]);
-    let _ = hostcalls::set_property(vec!["floor_client"], Some(b"198.51.100.7"));
-    let _ = hostcalls::get_current_time();
-    let _ = hostcalls::get_shared_data(CLIENTS_KEY);
-    let _ = hostcalls::set_property(vec!["floor_decision"], Some(b"blocked"));
+/// negcache's 429 for a blocked client, with its headers.
+fn send_block(http: &mut FloorHttp) -> Action {
     http.send_http_response(
         429,
         vec![
@@ -294,6 +282,28 @@ fn mimic_block(http: &mut FloorHttp) -> Action {
     Action::Pause
 }
 
+/// negcache's calls for a cache hit, and its reply.
+fn mimic_hit(http: &mut FloorHttp) -> Action {
+    let _ = ffi_header_map(MapType::HttpRequestHeaders);
+    // The bucket holding the entry, then the entry's body.
+    let _ = hostcalls::get_shared_data(BUCKET_KEY);
+    let _ = hostcalls::get_shared_data(RECORD_KEY);
+    let _ = hostcalls::get_current_time();
+    let _ = hostcalls::set_property(vec!["floor_decision"], Some(b"hit"));
+    send_hit(http)
+}
+
+/// negcache's calls for a blocked client, and its 429.
+fn mimic_block(http: &mut FloorHttp) -> Action {
+    let _ = ffi_header_map(MapType::HttpRequestHeaders);
+    let _ = hostcalls::get_property(vec!["source", "address"]);
+    let _ = hostcalls::set_property(vec!["floor_client"], Some(b"198.51.100.7"));
+    let _ = hostcalls::get_current_time();
+    let _ = hostcalls::get_shared_data(CLIENTS_KEY);
+    let _ = hostcalls::set_property(vec!["floor_decision"], Some(b"blocked"));
+    send_block(http)
+}
+
 /// The least a correct cache hit does: the request header map, one shared-data read (the
 /// bucket holding the entry and its body), the clock (is it live, its age), the decision for
 /// the access log, and negcache's 401 with its headers.
@@ -302,17 +312,7 @@ fn hit_min(http: &mut FloorHttp) -> Action {
     let _ = hostcalls::get_shared_data(BUCKET_KEY);
     let _ = hostcalls::get_current_time();
     let _ = hostcalls::set_property(vec!["negcache_decision"], Some(b"hit"));
-    http.send_http_response(
-        401,
-        vec![
-            ("content-type", "application/json"),
-            ("www-authenticate", "Bearer"),
-            ("x-negcache", "hit"),
-            ("age", "0"),
-        ],
-        Some(REPLY_BODY),
-    );
-    Action::Pause
+    send_hit(http)
 }
 
 /// The least a correct 429 to a blocked client does: the request header map, the peer (is it
@@ -325,15 +325,7 @@ fn block_min(http: &mut FloorHttp) -> Action {
     let _ = hostcalls::get_current_time();
     let _ = hostcalls::set_property(vec!["negcache_client"], Some(b"203.0.113.7"));
     let _ = hostcalls::set_property(vec!["negcache_decision"], Some(b"blocked"));
-    http.send_http_response(
-        429,
-        vec![
-            ("content-type", "application/json"),
-            ("retry-after", "3600"),
-        ],
-        Some(BLOCK_BODY),
-    );
-    Action::Pause
+    send_block(http)
 }
 
 /// The mimic variant a (whitespace-free) configuration names, if it is a mimic one.
