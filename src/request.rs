@@ -13,6 +13,29 @@ pub enum Single<'a> {
     Many,
 }
 
+/// `pairs` in the proxy-wasm serialized map layout that `Headers::from_serialized` reads (the
+/// layout a local reply's headers are handed to the host in).
+pub fn serialize<N: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(N, V)]) -> Vec<u8> {
+    let size = 4 + pairs
+        .iter()
+        .map(|(name, value)| 10 + name.as_ref().len() + value.as_ref().len())
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    let length = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    out.extend_from_slice(&length(pairs.len()));
+    for (name, value) in pairs {
+        out.extend_from_slice(&length(name.as_ref().len()));
+        out.extend_from_slice(&length(value.as_ref().len()));
+    }
+    for (name, value) in pairs {
+        out.extend_from_slice(name.as_ref());
+        out.push(0);
+        out.extend_from_slice(value.as_ref());
+        out.push(0);
+    }
+    out
+}
+
 pub struct Headers<'a> {
     lines: Vec<(&'a [u8], &'a [u8])>,
 }
@@ -118,22 +141,6 @@ impl<'a> RequestLine<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The serialization the host uses (and the SDK's `serialize_map`).
-    fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-        for (name, value) in pairs {
-            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        }
-        for (name, value) in pairs {
-            out.extend_from_slice(name.as_bytes());
-            out.push(0);
-            out.extend_from_slice(value);
-            out.push(0);
-        }
-        out
-    }
 
     #[test]
     fn the_request_line_is_borrowed_unless_it_must_change() {

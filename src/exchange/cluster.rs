@@ -15,15 +15,17 @@ use crate::fingerprint::Fingerprint;
 use crate::metrics::Metric;
 use crate::rate_limit::{self, Outcome};
 
-/// A call to make: the encoded `RateLimitRequest`, and whether the response should wait.
+/// A call to make: where to, the encoded `RateLimitRequest`, and whether the response should
+/// wait.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ClusterCall {
+pub struct ClusterCall<'a> {
+    pub cluster: &'a ClusterConfig,
     pub message: Vec<u8>,
     /// The local count did not block the client: the answer may.
     wait: bool,
 }
 
-impl ClusterCall {
+impl ClusterCall<'_> {
     /// Whether the response is held until the answer (or `timeout_ms`): when the answer may
     /// block the client. Envoy buffers a held body up to the listener's buffer limit and then
     /// stops reading from the upstream until the response goes on, so a held body of any
@@ -43,14 +45,14 @@ pub(super) struct PendingCall {
 impl Exchange {
     /// After `count` wrote `tally` (`outcome`), the call to make, if any: cluster mode, a
     /// failure counted now, and a breaker that lets it through (else counted as skipped).
-    pub fn cluster_call<H: Host>(
+    pub fn cluster_call<'a, H: Host>(
         &mut self,
-        filter: &FilterConfig,
+        filter: &'a FilterConfig,
         host: &H,
         tally: Tally,
         outcome: Option<Outcome>,
         report: &mut Report,
-    ) -> Option<ClusterCall> {
+    ) -> Option<ClusterCall<'a>> {
         let cluster = filter.config.rate_limit.cluster.as_ref()?;
         let outcome = outcome.filter(|outcome| outcome.counted)?;
         let group = self.client.as_deref()?;
@@ -72,6 +74,7 @@ impl Exchange {
             trial: permit == Permit::Trial,
         });
         Some(ClusterCall {
+            cluster,
             message: rls::request(&cluster.domain, group),
             wait: outcome.block_ms.is_none(),
         })

@@ -49,25 +49,7 @@ extern "C" {
 /// into one buffer (the SDK's wrapper wants them as a new list of pairs first, and panics on a
 /// status it does not expect).
 pub fn send_local_response(status: u16, headers: &[(&str, String)], body: &[u8]) -> bool {
-    // The host's map layout: a count, each name's and value's length, then each name and value
-    // followed by a NUL (see `request::Headers::from_serialized`).
-    let size = 4 + headers
-        .iter()
-        .map(|(name, value)| 10 + name.len() + value.len())
-        .sum::<usize>();
-    let mut map = Vec::with_capacity(size);
-    let length = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
-    map.extend_from_slice(&length(headers.len()));
-    for (name, value) in headers {
-        map.extend_from_slice(&length(name.len()));
-        map.extend_from_slice(&length(value.len()));
-    }
-    for (name, value) in headers {
-        map.extend_from_slice(name.as_bytes());
-        map.push(0);
-        map.extend_from_slice(value.as_bytes());
-        map.push(0);
-    }
+    let map = crate::request::serialize(headers);
     // SAFETY: every pointer is valid for its length for the duration of the call; the host
     // copies what it needs.
     let status = unsafe {

@@ -98,16 +98,13 @@ impl NegcacheHttp {
         else {
             return false;
         };
-        let Some(cluster) = filter.config.rate_limit.cluster.as_ref() else {
-            return false;
-        };
         let dispatched = self.dispatch_grpc_call(
-            &cluster.rls_cluster,
+            &call.cluster.rls_cluster,
             rls::SERVICE,
             rls::METHOD,
             Vec::new(),
             Some(&call.message),
-            Duration::from_millis(cluster.timeout_ms),
+            Duration::from_millis(call.cluster.timeout_ms),
         );
         if dispatched.is_err() {
             // No such cluster, or the host refused the call: a failed call, answered now.
@@ -144,7 +141,7 @@ impl Context for NegcacheHttp {
         let mut report = Report::default();
         self.exchange
             .cluster_answer(&filter, &Envoy, body.as_deref(), &mut report);
-        self.metrics.absorb(&mut report.counts);
+        self.record(report);
         self.release();
     }
 }
