@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::trials::{needing, plain, Needs};
-use common::{envoy_bin, merge, write_plugin_bootstrap, TempDir};
+use common::{envoy_bin, istio_documents, merge, write_plugin_bootstrap, TempDir};
 use jsonschema::Validator;
 use libtest_mimic::{Arguments, Trial};
 use serde_json::{json, Map, Value};
@@ -39,27 +39,6 @@ fn crd_path() -> PathBuf {
         || repository().join("../shared/vendor/istio/wasmplugin-crd.yaml"),
         PathBuf::from,
     )
-}
-
-/// Every YAML document of envoy/istio/*.yaml, named `file #index`.
-fn istio_documents() -> Vec<(String, Value)> {
-    let mut files: Vec<PathBuf> = fs::read_dir(repository().join("envoy/istio"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
-    files.sort();
-    let mut documents = Vec::new();
-    for path in files {
-        let text = fs::read_to_string(&path).unwrap();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        for (index, document) in serde_norway::Deserializer::from_str(&text).enumerate() {
-            let value: Value = serde::Deserialize::deserialize(document)
-                .unwrap_or_else(|e| panic!("{name} #{index}: {e}"));
-            documents.push((format!("{name} #{index}"), value));
-        }
-    }
-    documents
 }
 
 fn wasm_plugins() -> Vec<(String, Value)> {

@@ -5,9 +5,12 @@
 //! Rules that span fields (a secret given twice, `*` with credentials, the escalation cap
 //! below `block_seconds`) and the syntax of addresses and origins are the filter's alone.
 
+mod common;
+
 use std::fs;
 use std::path::PathBuf;
 
+use common::istio_documents;
 use jsonschema::Validator;
 use negcache::config::{schema_json, Config};
 use serde_json::{json, Value};
@@ -148,21 +151,7 @@ fn shipped_configs() -> Vec<(String, Value)> {
 
     // The Istio WasmPlugins, and the README's per-environment patches of one (each a
     // configuration of its own: every field is optional).
-    let mut istio_files: Vec<PathBuf> = fs::read_dir(repository().join("envoy/istio"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
-    istio_files.sort();
-    let mut plugins = Vec::new();
-    for path in istio_files {
-        let text = fs::read_to_string(&path).unwrap();
-        for (index, document) in serde_norway::Deserializer::from_str(&text).enumerate() {
-            let value: Value = serde::Deserialize::deserialize(document)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            plugins.push((format!("{} #{index}", path.display()), value));
-        }
-    }
+    let mut plugins = istio_documents();
     let istio_section = readme_section("### Istio");
     for (index, block) in fenced_blocks(&istio_section, "yaml")
         .into_iter()

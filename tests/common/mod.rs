@@ -47,6 +47,8 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde_json::Value;
+
 pub use access_log::AccessLogEntry;
 pub use bootstrap::{merge, EnvoyOptions, FailurePolicy};
 pub use client::{http_request, ClientConnection, ClientResponse};
@@ -194,6 +196,30 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
         );
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Every YAML document of envoy/istio/*.yaml, named `envoy/istio/<file> #<index>`.
+pub fn istio_documents() -> Vec<(String, Value)> {
+    let mut files: Vec<PathBuf> = fs::read_dir(manifest_dir().join("envoy/istio"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    let mut documents = Vec::new();
+    for path in files {
+        let text = fs::read_to_string(&path).unwrap();
+        let name = format!(
+            "envoy/istio/{}",
+            path.file_name().unwrap().to_string_lossy()
+        );
+        for (index, document) in serde_norway::Deserializer::from_str(&text).enumerate() {
+            let value: Value = serde::Deserialize::deserialize(document)
+                .unwrap_or_else(|e| panic!("{name} #{index}: {e}"));
+            documents.push((format!("{name} #{index}"), value));
+        }
+    }
+    documents
 }
 
 /// The last `n` lines of `text`.
