@@ -7,7 +7,7 @@ use crate::clock::Clock;
 use crate::codec::{read_versioned, Versioned, Writer};
 use crate::config::RateLimitConfig;
 use crate::fingerprint::Fingerprint;
-use crate::slots::{SharedStore, Slot, SlotTable, StoreError, Write};
+use crate::slots::{Bucket, SharedStore, Slot, SlotTable, StoreError, Write};
 
 const RECORD_VERSION: u8 = 1;
 const RECORD_LEN: usize = 56;
@@ -183,30 +183,71 @@ pub fn admit<S: SharedStore>(
     clock: &Clock,
 ) -> Result<Admission, StoreError> {
     table.update(store, client, |slots| {
-        let Some((slot, mut record)) = own_slot(slots, client, config.epoch) else {
-            return (Admission::Pass, None);
-        };
-        let now_ms = clock.now_ms();
-        if record.blocked_at(now_ms) {
-            let until_ms = record.block_until_ms;
-            return (Admission::Blocked { until_ms }, None);
-        }
-        if !record.window_live(now_ms, config) {
-            return (Admission::Pass, None);
-        }
-        if record.inflight >= record.inflight_limit(config) {
-            return (Admission::InflightFull, None);
-        }
-        record.inflight += 1;
-        let reserved = Admission::Reserved {
-            window_start_ms: record.window_start_ms,
-        };
-        let write = Write {
-            slot,
-            bytes: record.encode(),
-        };
-        (reserved, Some(write))
+        admission(slots, config, client, clock)
     })
+}
+
+/// `admit` without the write: the admission it would give, and the bucket as read. For
+/// `Reserved`, no place is held yet: `reserve` writes it, starting from this read, or the
+/// request ends at once and `count_failure_from` counts it in the same one write.
+pub fn check<S: SharedStore>(
+    store: &S,
+    table: &SlotTable,
+    config: &RateLimitConfig,
+    client: &Fingerprint,
+    clock: &Clock,
+) -> Result<(Admission, Bucket), StoreError> {
+    let read = table.read_candidates(store, client)?;
+    let (admission, _) = admission(&read.slots(), config, client, clock);
+    Ok((admission, read))
+}
+
+/// `admit`, starting from the bucket `check` read: a request of a client with recent failures
+/// holds its place with one write. The admission may differ from what `check` said when
+/// another request wrote the bucket in between.
+pub fn reserve<S: SharedStore>(
+    store: &S,
+    table: &SlotTable,
+    config: &RateLimitConfig,
+    client: &Fingerprint,
+    clock: &Clock,
+    read: Bucket,
+) -> Result<Admission, StoreError> {
+    table.update_from(store, client, Some(read), |slots| {
+        admission(slots, config, client, clock)
+    })
+}
+
+/// The admission of a client's request, from its candidate slots, and the place it holds.
+fn admission<'s>(
+    slots: &'s [Slot<'s>; 2],
+    config: &RateLimitConfig,
+    client: &Fingerprint,
+    clock: &Clock,
+) -> (Admission, Option<Write<'s>>) {
+    let Some((slot, mut record)) = own_slot(slots, client, config.epoch) else {
+        return (Admission::Pass, None);
+    };
+    let now_ms = clock.now_ms();
+    if record.blocked_at(now_ms) {
+        let until_ms = record.block_until_ms;
+        return (Admission::Blocked { until_ms }, None);
+    }
+    if !record.window_live(now_ms, config) {
+        return (Admission::Pass, None);
+    }
+    if record.inflight >= record.inflight_limit(config) {
+        return (Admission::InflightFull, None);
+    }
+    record.inflight += 1;
+    let reserved = Admission::Reserved {
+        window_start_ms: record.window_start_ms,
+    };
+    let write = Write {
+        slot,
+        bytes: record.encode(),
+    };
+    (reserved, Some(write))
 }
 
 /// What the end of a request changed.
@@ -231,43 +272,70 @@ pub fn finish<S: SharedStore>(
     reservation: Option<u64>,
 ) -> Result<Outcome, StoreError> {
     table.update(store, client, |slots| {
-        if let Some((slot, mut record)) = own_slot(slots, client, config.epoch) {
-            let before = record;
-            if reservation.is_some_and(|start| start == record.window_start_ms) {
-                record.inflight = record.inflight.saturating_sub(1);
-            }
-            let mut outcome = Outcome::default();
-            if failed && !record.blocked_at(now_ms) {
-                outcome.counted = true;
-                outcome.block_ms = record.count_failure(now_ms, config);
-            }
-            let write = (record != before).then(|| Write {
-                slot,
-                bytes: record.encode(),
-            });
-            return (outcome, write);
+        ending(slots, config, client, now_ms, failed, reservation)
+    })
+}
+
+/// Counts the failure of a request that holds no place, starting from the bucket `check` read
+/// at its start: a cache hit replaying a failure reads and writes its client's bucket once.
+pub fn count_failure_from<S: SharedStore>(
+    store: &S,
+    table: &SlotTable,
+    config: &RateLimitConfig,
+    client: &Fingerprint,
+    now_ms: u64,
+    read: Bucket,
+) -> Result<Outcome, StoreError> {
+    table.update_from(store, client, Some(read), |slots| {
+        ending(slots, config, client, now_ms, true, None)
+    })
+}
+
+/// What the end of a request changes in its client's record, from the candidate slots.
+fn ending<'s>(
+    slots: &'s [Slot<'s>; 2],
+    config: &RateLimitConfig,
+    client: &Fingerprint,
+    now_ms: u64,
+    failed: bool,
+    reservation: Option<u64>,
+) -> (Outcome, Option<Write<'s>>) {
+    if let Some((slot, mut record)) = own_slot(slots, client, config.epoch) {
+        let before = record;
+        if reservation.is_some_and(|start| start == record.window_start_ms) {
+            record.inflight = record.inflight.saturating_sub(1);
         }
-        if !failed {
-            return (Outcome::default(), None);
+        let mut outcome = Outcome::default();
+        if failed && !record.blocked_at(now_ms) {
+            outcome.counted = true;
+            outcome.block_ms = record.count_failure(now_ms, config);
         }
-        let mut record = ClientRecord {
-            epoch: config.epoch,
-            client: *client,
-            ..ClientRecord::default()
-        };
-        let block_ms = record.count_failure(now_ms, config);
-        let slot = place_new(slots, now_ms, config);
-        let outcome = Outcome {
-            counted: true,
-            block_ms,
-            newly_used: slot.bytes.is_empty(),
-        };
-        let write = Write {
+        let write = (record != before).then(|| Write {
             slot,
             bytes: record.encode(),
-        };
-        (outcome, Some(write))
-    })
+        });
+        return (outcome, write);
+    }
+    if !failed {
+        return (Outcome::default(), None);
+    }
+    let mut record = ClientRecord {
+        epoch: config.epoch,
+        client: *client,
+        ..ClientRecord::default()
+    };
+    let block_ms = record.count_failure(now_ms, config);
+    let slot = place_new(slots, now_ms, config);
+    let outcome = Outcome {
+        counted: true,
+        block_ms,
+        newly_used: slot.bytes.is_empty(),
+    };
+    let write = Write {
+        slot,
+        bytes: record.encode(),
+    };
+    (outcome, Some(write))
 }
 
 /// The fleet's verdict (cluster mode: the rate limit service answered `OVER_LIMIT`): blocks

@@ -203,10 +203,23 @@ impl SlotTable {
     /// nothing), then writes that with the CAS read; on a conflict, starts over with a fresh
     /// read and a fresh decision. Returns the result of the decision that held: the one whose
     /// write went through, or that wrote nothing.
-    pub fn update<S, T, F>(
+    pub fn update<S, T, F>(&self, store: &S, fp: &Fingerprint, decide: F) -> Result<T, StoreError>
+    where
+        S: SharedStore,
+        F: for<'s> FnMut(&'s [Slot<'s>; 2]) -> (T, Option<Write<'s>>),
+    {
+        self.update_from(store, fp, None, decide)
+    }
+
+    /// `update`, whose first decision starts from `read`, the bucket of `fp` as read earlier
+    /// in the same request, instead of reading it again: a request that already read its
+    /// client's bucket makes its one write with that read's CAS. When another writer changed
+    /// the bucket since, the CAS fails and the update starts over from a fresh read.
+    pub fn update_from<S, T, F>(
         &self,
         store: &S,
         fp: &Fingerprint,
+        mut read: Option<Bucket>,
         mut decide: F,
     ) -> Result<T, StoreError>
     where
@@ -214,7 +227,10 @@ impl SlotTable {
         F: for<'s> FnMut(&'s [Slot<'s>; 2]) -> (T, Option<Write<'s>>),
     {
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let bucket = self.read_candidates(store, fp)?;
+            let bucket = match read.take() {
+                Some(bucket) if bucket.candidates == self.candidates(fp) => bucket,
+                _ => self.read_candidates(store, fp)?,
+            };
             let slots = bucket.slots();
             let (result, write) = decide(&slots);
             let Some(write) = write else {

@@ -41,6 +41,7 @@ use crate::filter_config::FilterConfig;
 use crate::fingerprint::{Fingerprint, KeyParts};
 use crate::path;
 use crate::request::RequestLine;
+use crate::slots::Bucket;
 
 /// One request and its response, as far as the filter is concerned. `Default` is an exchange
 /// whose request the filter has not seen (yet).
@@ -60,6 +61,9 @@ pub struct Exchange {
     /// The rate limiter tracks this client (resolved, not exempt, limiter on); taken by the
     /// tally, so the limiter hears about a request once.
     limited: Option<Fingerprint>,
+    /// The client's bucket as the admission read it, for the one write this request makes
+    /// to it: its place (`hold_place`), or the failure a hit replays (`count`).
+    client_read: Option<Bucket>,
     /// The start of the failure window this request holds a place in.
     reservation: Option<u64>,
     shadow_hit: bool,

@@ -100,7 +100,27 @@ impl Exchange {
                 return self.reply(filter, refusal, None);
             }
         }
+        let step = self.consult_cache(filter, host, &line, presented, &clock, report);
+        if step.verdict != Verdict::Continue {
+            return step;
+        }
+        match self.hold_place(filter, host, &clock, report) {
+            Some(refusal) => self.reply(filter, refusal, None),
+            None => step,
+        }
+    }
 
+    /// The cache's part of the request: a hit replays the stored answer.
+    fn consult_cache<H: Host>(
+        &mut self,
+        filter: &FilterConfig,
+        host: &H,
+        line: &RequestLine,
+        presented: credential::Presented,
+        clock: &Clock,
+        report: &mut Report,
+    ) -> RequestStep {
+        let cache = &filter.config.negative_cache;
         if !cache.enabled {
             return RequestStep::CONTINUE;
         }
@@ -138,8 +158,8 @@ impl Exchange {
             &filter.tables,
             cache,
             &subject.identity,
-            &clock,
-            |shape| self.entry_key(filter, &subject, shape, &line),
+            clock,
+            |shape| self.entry_key(filter, &subject, shape, line),
         );
         let Ok(found) = found else {
             report.error();
@@ -153,7 +173,7 @@ impl Exchange {
                 report.decide(Decision::ShadowHit);
                 RequestStep::CONTINUE
             }
-            Some(hit) => self.replay(filter, host, &hit, &clock, report),
+            Some(hit) => self.replay(filter, host, &hit, clock, report),
             None => {
                 report.inc(Metric::Misses);
                 report.decide(Decision::Miss);
@@ -170,6 +190,9 @@ impl Exchange {
     }
 
     /// The rate limiter's check at the start of a request: `Some(reply)` when it refuses it.
+    /// A client with recent failures is only read here: its request holds a place once the
+    /// cache has answered (`hold_place`), unless a hit replaying a failure counts it instead, in
+    /// the same one write of the bucket this read found.
     fn admit<H: Host>(
         &mut self,
         filter: &FilterConfig,
@@ -179,30 +202,56 @@ impl Exchange {
     ) -> Option<LocalReply> {
         let client = self.limited?;
         let limit = &filter.config.rate_limit;
-        let Ok(admission) = rate_limit::admit(host.store(), &filter.clients, limit, &client, clock)
+        let Ok((admission, read)) =
+            rate_limit::check(host.store(), &filter.clients, limit, &client, clock)
         else {
             report.error();
             return None;
         };
+        // Requests that can never count as failures hold no place.
+        if matches!(admission, Admission::Reserved { .. }) && self.countable(limit) {
+            self.client_read = Some(read);
+        }
+        self.refusal(filter, admission, clock, report)
+    }
+
+    /// A request of a client with recent failures, going on to the upstream, holds a place in
+    /// its window, written from the read `admit` made. `Some(reply)` when another request
+    /// blocked the client, or took its last place, in between.
+    fn hold_place<H: Host>(
+        &mut self,
+        filter: &FilterConfig,
+        host: &H,
+        clock: &Clock,
+        report: &mut Report,
+    ) -> Option<LocalReply> {
+        let read = self.client_read.take()?;
+        let client = self.limited?;
+        let limit = &filter.config.rate_limit;
+        let Ok(admission) =
+            rate_limit::reserve(host.store(), &filter.clients, limit, &client, clock, read)
+        else {
+            report.error();
+            return None;
+        };
+        if let Admission::Reserved { window_start_ms } = admission {
+            self.reservation = Some(window_start_ms);
+        }
+        self.refusal(filter, admission, clock, report)
+    }
+
+    /// The 429 for an admission that refuses the request (`None`: it may go on); in shadow
+    /// mode only logged and counted.
+    fn refusal(
+        &self,
+        filter: &FilterConfig,
+        admission: Admission,
+        clock: &Clock,
+        report: &mut Report,
+    ) -> Option<LocalReply> {
+        let limit = &filter.config.rate_limit;
         let retry_after = match admission {
-            Admission::Pass => return None,
-            Admission::Reserved { window_start_ms } => {
-                if self.countable(limit) {
-                    self.reservation = Some(window_start_ms);
-                } else {
-                    // Requests that can never count as failures do not hold a place.
-                    let _ = rate_limit::finish(
-                        host.store(),
-                        &filter.clients,
-                        limit,
-                        &client,
-                        clock.now_ms(),
-                        false,
-                        Some(window_start_ms),
-                    );
-                }
-                return None;
-            }
+            Admission::Pass | Admission::Reserved { .. } => return None,
             Admission::Blocked { until_ms } => reply::seconds_until(until_ms, clock.now_ms()),
             Admission::InflightFull => 1,
         };

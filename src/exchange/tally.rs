@@ -56,21 +56,30 @@ impl Exchange {
     /// Writes a tally: gives the reserved place back and counts the failure, which may start a
     /// block. `None` when the store failed (counted as an error).
     pub fn count<H: Host>(
-        &self,
+        &mut self,
         filter: &FilterConfig,
         host: &H,
         tally: Tally,
         report: &mut Report,
     ) -> Option<Outcome> {
-        let outcome = rate_limit::finish(
-            host.store(),
-            &filter.clients,
-            &filter.config.rate_limit,
-            &tally.client,
-            host.clock().now_ms(),
-            tally.failed,
-            tally.reservation,
-        );
+        let (store, table, limit) = (host.store(), &filter.clients, &filter.config.rate_limit);
+        let now_ms = host.clock().now_ms();
+        let outcome = match self.client_read.take() {
+            // A hit replaying a failure: no place was taken, and the bucket read at admission
+            // serves the one write.
+            Some(read) if tally.failed && tally.reservation.is_none() => {
+                rate_limit::count_failure_from(store, table, limit, &tally.client, now_ms, read)
+            }
+            _ => rate_limit::finish(
+                store,
+                table,
+                limit,
+                &tally.client,
+                now_ms,
+                tally.failed,
+                tally.reservation,
+            ),
+        };
         let Ok(outcome) = outcome else {
             report.error();
             return None;

@@ -74,7 +74,7 @@ impl NegcacheHttp {
     }
 
     /// Tells the limiter how the request ended, when a step handed out a tally.
-    fn count(&self, filter: &FilterConfig, tally: Option<Tally>, report: &mut Report) {
+    fn count(&mut self, filter: &FilterConfig, tally: Option<Tally>, report: &mut Report) {
         if let Some(tally) = tally {
             let _ = self.exchange.count(filter, &Envoy, tally, report);
         }

@@ -295,7 +295,7 @@ impl Proxy {
             .exchange
             .request(&self.filter, &self.host, Some(&headers), &mut report);
         flight.seen.client = flight.exchange.client_label().map(str::to_string);
-        self.tally(&flight.exchange, step.tally, &mut report);
+        self.tally(&mut flight.exchange, step.tally, &mut report);
         if let Verdict::Reply(local) = step.verdict {
             flight.seen.status = local.status;
             flight.seen.headers = local
@@ -331,7 +331,7 @@ impl Proxy {
         }
         let mut report = Report::default();
         let tally = flight.exchange.end(&self.filter, &self.host, &mut report);
-        self.tally(&flight.exchange, tally, &mut report);
+        self.tally(&mut flight.exchange, tally, &mut report);
         self.record(&mut flight.seen, report);
         flight.seen
     }
@@ -423,7 +423,7 @@ impl Proxy {
         flight.seen.headers = headers;
     }
 
-    fn tally(&self, exchange: &Exchange, tally: Option<Tally>, report: &mut Report) {
+    fn tally(&self, exchange: &mut Exchange, tally: Option<Tally>, report: &mut Report) {
         if let Some(tally) = tally {
             let _ = exchange.count(&self.filter, &self.host, tally, report);
         }

@@ -1,9 +1,11 @@
 //! The failure rate limit: what counts, the block and its 429, shadow mode, and the places
 //! requests of a failing client hold while under way.
 
-use super::harness::{get, upstream, Proxy, Upstream};
+use super::harness::{get, upstream, Proxy, Upstream, T0};
 use crate::exchange::Decision;
 use crate::metrics::Metric;
+use crate::rate_limit;
+use crate::slots::memory::MemoryStore;
 
 fn unauthorized() -> Upstream {
     upstream(401).chunk(b"{\"error\":\"invalid token\"}")
@@ -263,4 +265,76 @@ fn failures_with_an_ambiguous_or_blank_credential_count_like_any_other() {
     assert_eq!(proxy.send(&blank, unauthorized()).status, 401);
     assert_eq!(proxy.count(Metric::RateLimitFailures), 2);
     assert_eq!(proxy.send(&get("/").token("t"), upstream(200)).status, 429);
+}
+
+/// The cache and the limiter both on: a failing client's dead credential is replayed.
+fn failing_client_with_cache() -> Proxy {
+    let mut proxy = Proxy::new(r#"{"rate_limit": {"max_failures": 5}}"#);
+    proxy.send(&get("/").token("dead"), unauthorized());
+    proxy
+}
+
+#[test]
+fn a_hit_replaying_a_failure_reads_and_writes_its_clients_bucket_once() {
+    let mut proxy = failing_client_with_cache();
+    let (reads, writes) = (proxy.store_reads(), proxy.store_writes());
+    let hit = proxy.send(&get("/").token("dead"), upstream(200));
+    assert_eq!(hit.decision, Some(Decision::Hit));
+    assert_eq!(proxy.count(Metric::RateLimitFailures), 2, "the hit counts");
+    assert_eq!(
+        (proxy.store_reads() - reads, proxy.store_writes() - writes),
+        (2, 1),
+        "the client's bucket and the cache's slot read once each; the client's bucket written once"
+    );
+    // The hit held no place: five more requests under way all fit (six failures allow six).
+    let flights: Vec<_> = (0..4).map(|_| proxy.start(&get("/").token("t"))).collect();
+    assert!(flights.iter().all(|flight| !flight.verdict_was_reply()));
+    for flight in flights {
+        proxy.finish(flight, Some(upstream(200)));
+    }
+}
+
+#[test]
+fn a_hit_whose_client_changed_since_its_admission_counts_once_from_a_fresh_read() {
+    let mut proxy = failing_client_with_cache();
+    // Another worker rewrites the bucket between this request's read and its write.
+    proxy.host.store.conflicts.set(1);
+    let hit = proxy.send(&get("/").token("dead"), upstream(200));
+    assert_eq!(hit.decision, Some(Decision::Hit));
+    assert_eq!(proxy.count(Metric::RateLimitFailures), 2);
+    assert_eq!(proxy.count(Metric::Errors), 0);
+    // The replays go on counting to the block: failures 3 to 6, then the 429.
+    for _ in 0..4 {
+        assert_eq!(
+            proxy.send(&get("/").token("dead"), upstream(200)).status,
+            401
+        );
+    }
+    let blocked = proxy.send(&get("/").token("dead"), upstream(200));
+    assert_eq!(
+        (blocked.status, blocked.decision),
+        (429, Some(Decision::Blocked))
+    );
+}
+
+#[test]
+fn a_request_whose_client_was_blocked_since_its_admission_is_refused() {
+    let mut proxy = limiter(r#""max_failures": 1"#);
+    let first = proxy.send(&get("/").token("t"), unauthorized());
+    let client = proxy.filter.hasher.client(first.client.as_deref().unwrap());
+    let (table, config) = (
+        proxy.filter.clients.clone(),
+        proxy.filter.config.rate_limit.clone(),
+    );
+    // Between this request's admission (one failure: it may go on) and the write of its place,
+    // another worker blocks the client.
+    *proxy.host.store.interloper.borrow_mut() = Some(Box::new(move |store: &MemoryStore| {
+        rate_limit::block(store, &table, &config, &client, T0).unwrap();
+    }));
+    let refused = proxy.send(&get("/").token("t"), upstream(200));
+    assert!(!refused.reached_upstream);
+    assert_eq!(
+        (refused.status, refused.decision),
+        (429, Some(Decision::Blocked))
+    );
 }
