@@ -173,23 +173,10 @@ fn own_slot<'a>(
         })
 }
 
-/// Checks a request at its start; reserves a place for a client with recent failures. A
-/// client without a record costs one read, no write and no look at the clock.
-pub fn admit<S: SharedStore>(
-    store: &S,
-    table: &SlotTable,
-    config: &RateLimitConfig,
-    client: &Fingerprint,
-    clock: &Clock,
-) -> Result<Admission, StoreError> {
-    table.update(store, client, |slots| {
-        admission(slots, config, client, clock)
-    })
-}
-
-/// `admit` without the write: the admission it would give, and the bucket as read. For
-/// `Reserved`, no place is held yet: `reserve` writes it, starting from this read, or the
-/// request ends at once and `count_failure_from` counts it in the same one write.
+/// Checks a request at its start, without writing: its admission, and the bucket as read. A
+/// client without a record costs one read and no look at the clock. For `Reserved`, no place is
+/// held yet: `reserve` writes it, starting from this read, or the request ends at once (a hit
+/// replaying a failure) and `count_failure_from` counts it in the same one write.
 pub fn check<S: SharedStore>(
     store: &S,
     table: &SlotTable,
@@ -202,9 +189,9 @@ pub fn check<S: SharedStore>(
     Ok((admission, read))
 }
 
-/// `admit`, starting from the bucket `check` read: a request of a client with recent failures
-/// holds its place with one write. The admission may differ from what `check` said when
-/// another request wrote the bucket in between.
+/// Holds a place for a request of a client with recent failures, with one write starting from
+/// the bucket `check` read. The admission may differ from what `check` said when another
+/// request wrote the bucket in between.
 pub fn reserve<S: SharedStore>(
     store: &S,
     table: &SlotTable,
@@ -216,6 +203,22 @@ pub fn reserve<S: SharedStore>(
     table.update_from(store, client, Some(read), |slots| {
         admission(slots, config, client, clock)
     })
+}
+
+/// `check`, then `reserve` when the request is to hold a place: the admission of a request
+/// that goes on to the upstream, as the request step makes it.
+#[cfg(test)]
+pub fn admit<S: SharedStore>(
+    store: &S,
+    table: &SlotTable,
+    config: &RateLimitConfig,
+    client: &Fingerprint,
+    clock: &Clock,
+) -> Result<Admission, StoreError> {
+    match check(store, table, config, client, clock)? {
+        (Admission::Reserved { .. }, read) => reserve(store, table, config, client, clock, read),
+        (admission, _) => Ok(admission),
+    }
 }
 
 /// The admission of a client's request, from its candidate slots, and the place it holds.

@@ -96,7 +96,11 @@ fuzz_target!(|bytes: &[u8]| {
 
     let limiter = rate_limit::table(config.rate_limit.capacity);
     let client = Fingerprint([3; 16]);
-    let _ = rate_limit::admit(&store, &limiter, &config.rate_limit, &client, &clock);
+    let limit = &config.rate_limit;
+    if let Ok((_, read)) = rate_limit::check(&store, &limiter, limit, &client, &clock) {
+        let _ = rate_limit::reserve(&store, &limiter, limit, &client, &clock, read.clone());
+        let _ = rate_limit::count_failure_from(&store, &limiter, limit, &client, NOW, read);
+    }
     let _ = rate_limit::finish(
         &store,
         &limiter,
