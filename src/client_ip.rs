@@ -3,8 +3,10 @@
 //! and single-address headers believed only from where they can be trusted.
 
 use std::borrow::Cow;
+use std::fmt::Write;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
+use arrayvec::ArrayString;
 use ipnet::IpNet;
 
 use crate::config::ClientIpConfig;
@@ -74,9 +76,8 @@ pub fn resolve(
 /// that handed the request to them. `None` when the chain is empty, all trusted, or the entry
 /// at that position is not an address.
 pub fn forwarded_edge(headers: &Headers, trusted: &[IpNet]) -> Option<IpAddr> {
-    let lines: Vec<&[u8]> = headers.all("x-forwarded-for").collect();
-    let entries = lines
-        .iter()
+    let entries = headers
+        .all("x-forwarded-for")
         .rev()
         .flat_map(|line| line.rsplit(|&b| b == b','))
         .filter(|entry| !entry.trim_ascii().is_empty())
@@ -112,30 +113,40 @@ pub fn contains(networks: &[IpNet], ip: IpAddr) -> bool {
     networks.iter().any(|net| net.contains(&ip))
 }
 
+/// A client's group as text, on the stack (it is made on every request the limiter sees, and
+/// the decision allocates nothing it does not need). The longest, a full IPv6 address with
+/// `/128`, is 43 bytes.
+pub type ClientGroup = ArrayString<48>;
+
 /// The key a client is counted under: IPv4 exact, IPv6 grouped by `ipv6_prefix` (one subscriber
 /// usually holds a whole /64).
-pub fn group(ip: IpAddr, ipv6_prefix: u8) -> String {
-    match ip {
-        IpAddr::V4(v4) => dotted_quad(v4.octets()),
-        IpAddr::V6(v6) if ipv6_prefix >= 128 => v6.to_string(),
+pub fn group(ip: IpAddr, ipv6_prefix: u8) -> ClientGroup {
+    let mut text = ClientGroup::new();
+    // Writes cannot fail: every group fits (see `ClientGroup`).
+    let _ = match ip {
+        IpAddr::V4(v4) => {
+            dotted_quad(&mut text, v4.octets());
+            Ok(())
+        }
+        IpAddr::V6(v6) if ipv6_prefix >= 128 => write!(text, "{v6}"),
         IpAddr::V6(v6) => {
             let bits = u128::from(v6);
             let mask = u128::MAX << (128 - u32::from(ipv6_prefix.max(1)));
-            format!("{}/{}", Ipv6Addr::from(bits & mask), ipv6_prefix)
+            write!(text, "{}/{}", Ipv6Addr::from(bits & mask), ipv6_prefix)
         }
-    }
+    };
+    text
 }
 
 /// `a.b.c.d`, written without `Display` (see `decimal`): this runs on every request.
-fn dotted_quad(octets: [u8; 4]) -> String {
-    let mut text = String::with_capacity(15);
+fn dotted_quad(text: &mut ClientGroup, octets: [u8; 4]) {
     for (position, octet) in octets.into_iter().enumerate() {
         if position > 0 {
-            text.push('.');
+            let _ = text.try_push('.');
         }
-        decimal::push(&mut text, u64::from(octet));
+        let digits = decimal::digits(u64::from(octet));
+        let _ = text.try_push_str(std::str::from_utf8(digits.as_bytes()).unwrap_or_default());
     }
-    text
 }
 
 /// Parses `source.address`: `1.2.3.4:5678`, `[::1]:80`, or a bare address; an IPv4-mapped IPv6
@@ -474,12 +485,12 @@ mod tests {
     #[test]
     fn ipv6_clients_are_grouped_by_prefix() {
         let ip: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
-        assert_eq!(group(ip, 64), "2001:db8:1:2::/64");
-        assert_eq!(group(ip, 48), "2001:db8:1::/48");
-        assert_eq!(group(ip, 128), "2001:db8:1:2:3:4:5:6");
-        assert_eq!(group("192.0.2.1".parse().unwrap(), 64), "192.0.2.1");
+        assert_eq!(&*group(ip, 64), "2001:db8:1:2::/64");
+        assert_eq!(&*group(ip, 48), "2001:db8:1::/48");
+        assert_eq!(&*group(ip, 128), "2001:db8:1:2:3:4:5:6");
+        assert_eq!(&*group("192.0.2.1".parse().unwrap(), 64), "192.0.2.1");
         for v4 in ["0.0.0.0", "10.0.100.9", "255.255.255.255", "198.51.100.7"] {
-            assert_eq!(group(v4.parse().unwrap(), 64), v4);
+            assert_eq!(&*group(v4.parse().unwrap(), 64), v4);
         }
         let other: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
         assert_eq!(group(ip, 64), group(other, 64));

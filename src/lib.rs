@@ -14,6 +14,7 @@ pub mod filter_config;
 pub mod fingerprint;
 pub mod header_name;
 pub mod http_date;
+pub mod local_reply;
 pub mod metrics;
 pub mod negative_cache;
 #[cfg(test)]

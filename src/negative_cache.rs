@@ -875,11 +875,7 @@ mod tests {
         world.save("t1", "/", 401, Some("99999999999999999999999"), NOW);
         let (record, body) = world.find("t1", "/", NOW + 1_500).unwrap();
         let reply = crate::reply::cache_hit(&record, body.unwrap().parts(), NOW + 1_500);
-        let retry_after = reply
-            .headers
-            .iter()
-            .find(|(name, _)| *name == "retry-after")
-            .map(|(_, value)| value.as_str());
+        let retry_after = reply.header("retry-after");
         assert_eq!(retry_after, Some("59"), "the entry's remaining 58.5 s");
     }
 

@@ -201,7 +201,12 @@ pub fn reserve<S: SharedStore>(
     read: Bucket,
 ) -> Result<Admission, StoreError> {
     table.update_from(store, client, Some(read), |slots| {
-        admission(slots, config, client, clock)
+        let (admission, place) = admission(slots, config, client, clock);
+        let write = place.map(|(slot, record)| Write {
+            slot,
+            bytes: record.encode(),
+        });
+        (admission, write)
     })
 }
 
@@ -221,13 +226,14 @@ pub fn admit<S: SharedStore>(
     }
 }
 
-/// The admission of a client's request, from its candidate slots, and the place it holds.
+/// The admission of a client's request, from its candidate slots, and the place it holds: its
+/// slot and the record with that place, encoded only by the write (`check` writes nothing).
 fn admission<'s>(
     slots: &'s [Slot<'s>; 2],
     config: &RateLimitConfig,
     client: &Fingerprint,
     clock: &Clock,
-) -> (Admission, Option<Write<'s>>) {
+) -> (Admission, Option<(&'s Slot<'s>, ClientRecord)>) {
     let Some((slot, mut record)) = own_slot(slots, client, config.epoch) else {
         return (Admission::Pass, None);
     };
@@ -246,11 +252,7 @@ fn admission<'s>(
     let reserved = Admission::Reserved {
         window_start_ms: record.window_start_ms,
     };
-    let write = Write {
-        slot,
-        bytes: record.encode(),
-    };
-    (reserved, Some(write))
+    (reserved, Some((slot, record)))
 }
 
 /// What the end of a request changed.

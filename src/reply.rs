@@ -1,16 +1,10 @@
 //! The replies the filter sends itself, in one place.
 
 use crate::decimal;
+pub use crate::local_reply::LocalReply;
 #[cfg(test)]
 use crate::negative_cache::ReplayBody;
 use crate::negative_cache::{Record, ReplayParts};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalReply {
-    pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
-}
 
 /// Seconds left until `reset_ms`, rounded up and never 0: a client told "0" retries at once.
 pub fn seconds_until(reset_ms: u64, now_ms: u64) -> u64 {
@@ -21,85 +15,75 @@ pub fn seconds_until(reset_ms: u64, now_ms: u64) -> u64 {
 /// hit`, `age`, and `retry-after` counting down to the upstream's reset time. When the upstream's
 /// body was not kept, a short JSON body of the filter's own stands in for it.
 pub fn cache_hit(record: &Record, replay: ReplayParts<'_>, now_ms: u64) -> LocalReply {
-    let mut headers = Vec::with_capacity(9);
-    let body = match replay.body {
+    let status = decimal::digits(u64::from(record.status));
+    let mut reply = match replay.body {
         Some(body) => {
+            let mut reply = LocalReply::new(record.status, &[body]);
             if let Some(content_type) = text(replay.content_type) {
-                headers.push(("content-type", content_type));
+                reply.push("content-type", content_type);
             }
-            body.to_vec()
+            reply
         }
         None => {
-            headers.push(("content-type", "application/json".to_string()));
-            format!(
-                "{{\"error\":\"cached upstream response\",\"status\":{}}}",
-                record.status
-            )
-            .into_bytes()
+            let own = [
+                &b"{\"error\":\"cached upstream response\",\"status\":"[..],
+                status.as_bytes(),
+                b"}",
+            ];
+            let mut reply = LocalReply::new(record.status, &own);
+            reply.push("content-type", "application/json");
+            reply
         }
     };
     if let Some(challenge) = text(replay.www_authenticate) {
-        headers.push(("www-authenticate", challenge));
+        reply.push("www-authenticate", challenge);
     }
-    headers.push(("x-negcache", "hit".to_string()));
-    let age = now_ms.saturating_sub(record.stored_ms) / 1000;
-    headers.push(("age", decimal::string(age)));
+    reply.push("x-negcache", "hit");
+    reply.push_decimal("age", now_ms.saturating_sub(record.stored_ms) / 1000);
     if record.reset_ms != 0 {
         // Never past the entry's own end, whoever wrote the record.
         let reset_ms = record.reset_ms.min(record.expires_ms);
-        headers.push((
-            "retry-after",
-            decimal::string(seconds_until(reset_ms, now_ms)),
-        ));
+        reply.push_decimal("retry-after", seconds_until(reset_ms, now_ms));
     }
-    LocalReply {
-        status: record.status,
-        headers,
-        body,
-    }
+    reply
 }
 
 /// The limiter's 429: JSON body with `error` and `retry_after`, `Retry-After`, and with
 /// `ratelimit_headers` the `RateLimit-Policy` / `RateLimit` fields of
 /// draft-ietf-httpapi-ratelimit-headers (policy `auth-failures`: `q` failures per `w` seconds).
 pub fn rate_limited(retry_after: u64, policy: Option<(u32, u64)>) -> LocalReply {
-    let seconds = decimal::string(retry_after);
-    let mut headers = Vec::with_capacity(4);
-    headers.push(("content-type", "application/json".to_string()));
-    headers.push(("retry-after", seconds.clone()));
-    if let Some((quota, window_seconds)) = policy {
-        headers.push((
-            "ratelimit-policy",
-            [
-                "\"auth-failures\";q=",
-                &decimal::string(u64::from(quota)),
-                ";w=",
-                &decimal::string(window_seconds),
-            ]
-            .concat(),
-        ));
-        headers.push(("ratelimit", ["\"auth-failures\";r=0;t=", &seconds].concat()));
-    }
+    let seconds = decimal::digits(retry_after);
+    let seconds = seconds.as_bytes();
     let body = [
-        "{\"error\":\"too many failed authentication attempts\",\"retry_after\":",
-        &seconds,
-        "}",
-    ]
-    .concat();
-    LocalReply {
-        status: 429,
-        headers,
-        body: body.into_bytes(),
+        &b"{\"error\":\"too many failed authentication attempts\",\"retry_after\":"[..],
+        seconds,
+        b"}",
+    ];
+    let mut reply = LocalReply::new(429, &body);
+    reply.push("content-type", "application/json");
+    reply.push_parts("retry-after", &[seconds]);
+    if let Some((quota, window_seconds)) = policy {
+        reply.push_parts(
+            "ratelimit-policy",
+            &[
+                b"\"auth-failures\";q=",
+                decimal::digits(u64::from(quota)).as_bytes(),
+                b";w=",
+                decimal::digits(window_seconds).as_bytes(),
+            ],
+        );
+        reply.push_parts("ratelimit", &[b"\"auth-failures\";r=0;t=", seconds]);
     }
+    reply
 }
 
 /// Header values are replayed only when they are printable text.
-fn text(value: Option<&[u8]>) -> Option<String> {
+fn text(value: Option<&[u8]>) -> Option<&str> {
     let value = std::str::from_utf8(value?).ok()?;
     value
         .bytes()
         .all(|b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
-        .then(|| value.to_string())
+        .then_some(value)
 }
 
 #[cfg(test)]
@@ -125,11 +109,7 @@ mod tests {
     }
 
     fn header<'a>(reply: &'a LocalReply, name: &str) -> Option<&'a str> {
-        reply
-            .headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        reply.header(name)
     }
 
     #[test]
@@ -142,7 +122,7 @@ mod tests {
         };
         let reply = cache_hit(&record(0), replay.parts(), NOW);
         assert_eq!(reply.status, 401);
-        assert_eq!(reply.body, b"{\"detail\":\"bad token\"}");
+        assert_eq!(reply.body(), b"{\"detail\":\"bad token\"}");
         assert_eq!(
             header(&reply, "content-type"),
             Some("application/problem+json")
@@ -180,7 +160,7 @@ mod tests {
         };
         let reply = cache_hit(&record(0), replay.parts(), NOW);
         assert_eq!(header(&reply, "content-type"), Some("application/json"));
-        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(reply.body()).unwrap();
         assert_eq!(body["status"], 401);
         assert_eq!(body["error"], "cached upstream response");
     }
@@ -191,7 +171,7 @@ mod tests {
         assert_eq!(reply.status, 429);
         assert_eq!(header(&reply, "retry-after"), Some("42"));
         assert_eq!(header(&reply, "ratelimit"), None);
-        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(reply.body()).unwrap();
         assert_eq!(body["retry_after"], 42);
         assert!(body["error"].is_string());
         let with_policy = rate_limited(7, Some((10, 60)));

@@ -4,6 +4,8 @@
 
 use std::borrow::Cow;
 
+use arrayvec::ArrayVec;
+
 /// What a single-valued header holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Single<'a> {
@@ -13,42 +15,63 @@ pub enum Single<'a> {
     Many,
 }
 
-/// `pairs` in the proxy-wasm serialized map layout that `Headers::from_serialized` reads (the
-/// layout a local reply's headers are handed to the host in).
-pub fn serialize<N: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(N, V)]) -> Vec<u8> {
-    let size = 4 + pairs
-        .iter()
-        .map(|(name, value)| 10 + name.as_ref().len() + value.as_ref().len())
-        .sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    let length = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
-    out.extend_from_slice(&length(pairs.len()));
-    for (name, value) in pairs {
-        out.extend_from_slice(&length(name.as_ref().len()));
-        out.extend_from_slice(&length(value.as_ref().len()));
-    }
-    for (name, value) in pairs {
-        out.extend_from_slice(name.as_ref());
-        out.push(0);
-        out.extend_from_slice(value.as_ref());
-        out.push(0);
-    }
-    out
-}
+/// Lines kept on the stack for a map of up to this many headers (Envoy adds a few to a
+/// client's); a larger one goes to the heap. Every request reads a map, and the decision
+/// allocates nothing it does not need (src/exchange/tests/allocations.rs).
+const INLINE_LINES: usize = 32;
+
+type Line<'a> = (&'a [u8], &'a [u8]);
 
 pub struct Headers<'a> {
-    lines: Vec<(&'a [u8], &'a [u8])>,
+    lines: Lines<'a>,
+}
+
+// Large on purpose: the lines on the stack are the allocation a boxed variant would bring back.
+#[allow(clippy::large_enum_variant)]
+enum Lines<'a> {
+    Few(ArrayVec<Line<'a>, INLINE_LINES>),
+    Many(Vec<Line<'a>>),
+}
+
+impl<'a> Lines<'a> {
+    fn with_capacity(count: usize) -> Self {
+        if count <= INLINE_LINES {
+            Lines::Few(ArrayVec::new())
+        } else {
+            Lines::Many(Vec::with_capacity(count))
+        }
+    }
+
+    fn push(&mut self, line: Line<'a>) {
+        match self {
+            Lines::Few(few) => {
+                if let Err(full) = few.try_push(line) {
+                    let mut many = Vec::with_capacity(INLINE_LINES * 2);
+                    many.extend(few.drain(..));
+                    many.push(full.element());
+                    *self = Lines::Many(many);
+                }
+            }
+            Lines::Many(many) => many.push(line),
+        }
+    }
+
+    fn as_slice(&self) -> &[Line<'a>] {
+        match self {
+            Lines::Few(few) => few,
+            Lines::Many(many) => many,
+        }
+    }
 }
 
 impl<'a> Headers<'a> {
     /// From name/value pairs (tests, benchmarks).
     pub fn from_pairs<N: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &'a [(N, V)]) -> Self {
-        Headers {
-            lines: pairs
-                .iter()
-                .map(|(name, value)| (name.as_ref(), value.as_ref()))
-                .collect(),
+        let mut lines = Lines::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            lines.push((name.as_ref(), value.as_ref()));
         }
+        Headers { lines }
     }
 
     /// From the proxy-wasm serialized map: a little-endian `u32` count, then a `u32` name
@@ -60,14 +83,16 @@ impl<'a> Headers<'a> {
             Some(u32::from_le_bytes([word[0], word[1], word[2], word[3]]) as usize)
         };
         if bytes.is_empty() {
-            return Some(Headers { lines: Vec::new() });
+            return Some(Headers {
+                lines: Lines::with_capacity(0),
+            });
         }
         let count = read_u32(0)?;
         let mut data = 4usize.checked_add(count.checked_mul(8)?)?;
         if data > bytes.len() {
             return None;
         }
-        let mut lines = Vec::with_capacity(count);
+        let mut lines = Lines::with_capacity(count);
         for index in 0..count {
             let name_len = read_u32(4 + index * 8)?;
             let value_len = read_u32(8 + index * 8)?;
@@ -80,9 +105,15 @@ impl<'a> Headers<'a> {
         Some(Headers { lines })
     }
 
+    /// Every line, in order.
+    pub fn lines(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
+        self.lines.as_slice().iter().copied()
+    }
+
     /// Every line of `name` (lower-case), in order.
-    pub fn all<'n>(&'n self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + 'n {
+    pub fn all<'n>(&'n self, name: &'n str) -> impl DoubleEndedIterator<Item = &'a [u8]> + 'n {
         self.lines
+            .as_slice()
             .iter()
             .filter(move |(key, _)| *key == name.as_bytes())
             .map(|(_, value)| *value)
@@ -141,6 +172,16 @@ impl<'a> RequestLine<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::local_reply::LocalReply;
+
+    /// The host's layout of `pairs`, as the filter writes it for its own replies.
+    fn serialize(pairs: &[(&'static str, &[u8])]) -> Vec<u8> {
+        let mut reply = LocalReply::new(200, &[]);
+        for (name, value) in pairs {
+            reply.push_parts(name, &[value]);
+        }
+        reply.host_form().0.to_vec()
+    }
 
     #[test]
     fn the_request_line_is_borrowed_unless_it_must_change() {
@@ -181,14 +222,36 @@ mod tests {
     }
 
     #[test]
+    fn a_map_of_more_lines_than_kept_on_the_stack_reads_the_same() {
+        let pairs: Vec<(String, String)> = (0..INLINE_LINES * 2 + 3)
+            .map(|n| (format!("h{}", n % 7), n.to_string()))
+            .collect();
+        let headers = Headers::from_pairs(&pairs);
+        assert_eq!(headers.lines().count(), pairs.len());
+        let sixes: Vec<&[u8]> = headers.all("h6").collect();
+        let expected: Vec<String> = (0..pairs.len())
+            .filter(|n| n % 7 == 6)
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            sixes,
+            expected.iter().map(String::as_bytes).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            headers.all("h6").next_back(),
+            expected.last().map(String::as_bytes)
+        );
+        assert_eq!(headers.single("h0"), Single::Many);
+    }
+
+    #[test]
     fn the_hosts_serialized_map_is_read_in_place() {
-        let pairs: &[(&str, &[u8])] = &[
+        let bytes = serialize(&[
             (":path", b"/x"),
             ("cookie", b"a=1"),
             ("cookie", b""),
             ("k", b"\x00\xff"),
-        ];
-        let bytes = serialize(pairs);
+        ]);
         let headers = Headers::from_serialized(&bytes).unwrap();
         assert_eq!(headers.first(":path"), Some(&b"/x"[..]));
         assert_eq!(

@@ -36,6 +36,7 @@ pub use request::{RequestStep, Verdict};
 pub use response::{ResponsePlan, PURGE_HEADER};
 pub use tally::Tally;
 
+use crate::client_ip::ClientGroup;
 use crate::config::KeyShape;
 use crate::filter_config::FilterConfig;
 use crate::fingerprint::{Fingerprint, KeyParts};
@@ -57,7 +58,7 @@ pub struct Exchange {
     /// Something used the client: its label goes to the access log.
     client_needed: bool,
     /// The resolved client, grouped (`None`: unresolved).
-    client: Option<String>,
+    client: Option<ClientGroup>,
     /// The rate limiter tracks this client (resolved, not exempt, limiter on); taken by the
     /// tally, so the limiter hears about a request once.
     limited: Option<Fingerprint>,

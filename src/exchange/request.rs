@@ -16,6 +16,9 @@ use crate::reply::{self, LocalReply};
 use crate::request::{Headers, RequestLine};
 
 /// What the host does with the request.
+// A reply is carried by value (a few hundred bytes, once per request): boxing it would add an
+// allocation to every reply.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// On to the upstream.
@@ -321,9 +324,9 @@ impl Exchange {
         mut local: LocalReply,
         tally: Option<Tally>,
     ) -> RequestStep {
-        local
-            .headers
-            .extend(filter.config.cors.headers_for(self.origin.as_deref()));
+        for (name, value) in filter.config.cors.headers_for(self.origin.as_deref()) {
+            local.push(name, value);
+        }
         self.replied_locally = true;
         RequestStep {
             verdict: Verdict::Reply(local),

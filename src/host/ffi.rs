@@ -45,11 +45,10 @@ extern "C" {
     ) -> Status;
 }
 
-/// Sends a local reply; `false` when the host refused it. The headers are serialized straight
-/// into one buffer (the SDK's wrapper wants them as a new list of pairs first, and panics on a
-/// status it does not expect).
-pub fn send_local_response(status: u16, headers: &[(&str, String)], body: &[u8]) -> bool {
-    let map = crate::request::serialize(headers);
+/// Sends a local reply; `false` when the host refused it. The headers are already in the
+/// host's layout (the SDK's wrapper wants them as a new list of pairs to serialize, and panics
+/// on a status it does not expect).
+pub fn send_local_response(status: u16, map: &[u8], body: &[u8]) -> bool {
     // SAFETY: every pointer is valid for its length for the duration of the call; the host
     // copies what it needs.
     let status = unsafe {

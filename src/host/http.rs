@@ -123,8 +123,10 @@ impl NegcacheHttp {
 }
 
 /// Sends one of the filter's own replies; `false` when the host refused it.
-fn send(local: &LocalReply) -> bool {
-    ffi::send_local_response(local.status, &local.headers, &local.body)
+fn send(local: &mut LocalReply) -> bool {
+    let status = local.status;
+    let (headers, body) = local.host_form();
+    ffi::send_local_response(status, headers, body)
 }
 
 impl Context for NegcacheHttp {
@@ -166,6 +168,8 @@ impl HttpContext for NegcacheHttp {
         let step = self
             .exchange
             .request(&filter, &Envoy, headers.as_ref(), &mut report);
+        // The view borrows the map, which is kept for the response.
+        drop(headers);
         self.request_headers = map.unwrap_or_default();
         if let Some(client) = self.exchange.client_label() {
             ffi::set_filter_state(CLIENT, client.as_bytes());
@@ -173,10 +177,13 @@ impl HttpContext for NegcacheHttp {
         self.count(&filter, step.tally, &mut report);
         let action = match step.verdict {
             Verdict::Continue => Action::Continue,
-            Verdict::Reply(local) if send(&local) => Action::Pause,
-            Verdict::Reply(_) => {
-                self.exchange.reply_failed(&mut report);
-                Action::Continue
+            Verdict::Reply(mut local) => {
+                if send(&mut local) {
+                    Action::Pause
+                } else {
+                    self.exchange.reply_failed(&mut report);
+                    Action::Continue
+                }
             }
         };
         self.record(report);

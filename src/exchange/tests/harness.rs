@@ -296,14 +296,21 @@ impl Proxy {
             .request(&self.filter, &self.host, Some(&headers), &mut report);
         flight.seen.client = flight.exchange.client_label().map(str::to_string);
         self.tally(&mut flight.exchange, step.tally, &mut report);
-        if let Verdict::Reply(local) = step.verdict {
+        if let Verdict::Reply(mut local) = step.verdict {
             flight.seen.status = local.status;
-            flight.seen.headers = local
-                .headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.clone()))
+            // Read back from the bytes the host is handed, as Envoy reads them.
+            let (headers, body) = local.host_form();
+            flight.seen.headers = Headers::from_serialized(headers)
+                .unwrap()
+                .lines()
+                .map(|(name, value)| {
+                    (
+                        String::from_utf8(name.to_vec()).unwrap(),
+                        String::from_utf8(value.to_vec()).unwrap(),
+                    )
+                })
                 .collect();
-            flight.seen.body = local.body;
+            flight.seen.body = body.to_vec();
         }
         self.record(&mut flight.seen, report);
         flight
