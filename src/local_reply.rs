@@ -48,7 +48,8 @@ impl LocalReply {
     }
 
     /// Adds a header whose value is the concatenation of `parts`. A header past `MAX_HEADERS`
-    /// is left out (the filter's replies carry at most that many; a test holds them to it).
+    /// is left out: the filter's replies carry at most nine (a test in
+    /// `exchange/tests/cache.rs` sends the largest, a hit with every CORS header).
     pub fn push_parts(&mut self, name: &'static str, parts: &[&[u8]]) {
         let Some(slot) = self.headers.get_mut(self.count) else {
             return;

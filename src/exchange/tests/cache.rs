@@ -419,3 +419,33 @@ fn a_victims_key_behind_an_ambiguous_first_source_is_never_cached() {
     );
     assert_eq!(proxy.count(Metric::Stores), 0);
 }
+
+#[test]
+fn a_hit_carries_all_its_headers_and_every_cors_header_together() {
+    let mut proxy = Proxy::new(
+        r#"{"cors": {"allowed_origins": ["https://app.example.com"], "allow_credentials": true}}"#,
+    );
+    let req = get("/a")
+        .token("dead")
+        .header("origin", "https://app.example.com");
+    proxy.send(&req, unauthorized().header("retry-after", "30"));
+    let hit = proxy.send(&req, upstream(200));
+    assert_eq!(hit.decision, Some(Decision::Hit));
+    let names: Vec<&str> = hit.headers.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "content-type",
+            "www-authenticate",
+            "x-negcache",
+            "age",
+            "retry-after",
+            "access-control-allow-origin",
+            "access-control-allow-credentials",
+            "access-control-expose-headers",
+            "vary",
+        ]
+    );
+    assert_eq!(hit.header("retry-after"), Some("30"));
+    assert_eq!(hit.header("access-control-allow-credentials"), Some("true"));
+}
