@@ -104,7 +104,7 @@ impl Exchange {
             }
         }
         let step = self.consult_cache(filter, host, &line, presented, &clock, report);
-        if step.verdict != Verdict::Continue {
+        if matches!(step.verdict, Verdict::Reply(_)) {
             return step;
         }
         match self.hold_place(filter, host, &clock, report) {

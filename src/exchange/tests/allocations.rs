@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use super::harness::{get, upstream, Proxy, Req};
-use crate::exchange::{Decision, Exchange, Report, Verdict};
+use crate::exchange::{Decision, Exchange, Report};
 
 struct Counting;
 
@@ -57,16 +57,13 @@ fn request(proxy: &Proxy, req: &Req) -> (usize, Option<Decision>, Exchange) {
     let headers = req.view();
     let mut exchange = Exchange::default();
     let mut report = Report::default();
-    let (count, step) = allocations(|| {
+    let (count, _) = allocations(|| {
         let step = exchange.request(&proxy.filter, &proxy.host, Some(&headers), &mut report);
         if let Some(tally) = step.tally {
             let _ = exchange.count(&proxy.filter, &proxy.host, tally, &mut report);
         }
         step
     });
-    if let Verdict::Reply(reply) = step.verdict {
-        drop(reply);
-    }
     (count, report.decision, exchange)
 }
 

@@ -286,9 +286,13 @@ fn a_hit_replaying_a_failure_reads_and_writes_its_clients_bucket_once() {
         (2, 1),
         "the client's bucket and the cache's slot read once each; the client's bucket written once"
     );
-    // The hit held no place: five more requests under way all fit (six failures allow six).
+    // The hit left no place held: all four the two failures leave under max_failures 5 are
+    // free (6 − 2), and a fifth request under way is refused.
     let flights: Vec<_> = (0..4).map(|_| proxy.start(&get("/").token("t"))).collect();
     assert!(flights.iter().all(|flight| !flight.verdict_was_reply()));
+    let fifth = proxy.start(&get("/").token("t"));
+    assert!(fifth.verdict_was_reply());
+    proxy.finish(fifth, None);
     for flight in flights {
         proxy.finish(flight, Some(upstream(200)));
     }
