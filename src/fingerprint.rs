@@ -111,6 +111,12 @@ impl Fingerprinter {
         shape: KeyShape,
         parts: &KeyParts<'_>,
     ) -> Fingerprint {
+        // An entry keyed on its identity alone is that identity: it is a keyed fingerprint
+        // already, and a record's key is only ever compared within its own identity and shape
+        // (`negative_cache::lookup`), so a second SipHash would only cost time on every hit.
+        if shape == KeyShape::IDENTITY_ONLY {
+            return *identity;
+        }
         let mut hasher = self.hasher(ENTRY_DOMAIN);
         hasher.write(&identity.0);
         hasher.write_u8(shape.to_bits());
@@ -196,6 +202,11 @@ mod tests {
         };
         let only = KeyShape::IDENTITY_ONLY;
         assert_eq!(f.entry(&id, only, &get_a), f.entry(&id, only, &post_b));
+        assert_eq!(
+            f.entry(&id, only, &get_a),
+            id,
+            "no second hash for the default shape"
+        );
         let by_path = KeyShape {
             method: true,
             path: true,

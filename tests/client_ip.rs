@@ -277,7 +277,13 @@ fn envoy_defaults_are_flagged_as_header_derived() {
 
 #[test]
 fn the_client_is_resolved_only_when_a_feature_uses_it() {
-    let upstream = Upstream::start(unauthorized);
+    let upstream = Upstream::start(|request: &Request| {
+        if request.path.starts_with("/throttled") {
+            Response::new(429).json("{}")
+        } else {
+            unauthorized(request)
+        }
+    });
     let start = |negative_cache: Value| {
         Envoy::start(EnvoyOptions {
             skip_xff_append: true,
@@ -297,6 +303,21 @@ fn the_client_is_resolved_only_when_a_feature_uses_it() {
     let entry = envoy.access_entry(1);
     assert_eq!(entry.decision.as_deref(), Some("stored"));
     assert_eq!(entry.client, None, "no feature asked for the client");
+    // The default rules: a 429 is kept per client, so the client is read to store it and to
+    // find it again, and only then.
+    let envoy = start(json!({}));
+    let from = [("x-forwarded-for", "203.0.113.7")];
+    get(&envoy, &from);
+    let throttled =
+        |envoy: &Envoy| envoy.get("/throttled", &[("authorization", "Bearer y"), from[0]]);
+    assert_eq!(throttled(&envoy).status, 429);
+    let again = throttled(&envoy);
+    assert_eq!((again.status, again.negcache()), (429, Some("hit")));
+    let logged: Vec<_> = (1..=3).map(|n| envoy.access_entry(n)).collect();
+    let seen = |n: usize| (logged[n].decision.as_deref(), logged[n].client.as_deref());
+    assert_eq!(seen(0), (Some("stored"), None), "a 401 kept per credential");
+    assert_eq!(seen(1), (Some("stored"), Some("203.0.113.7")));
+    assert_eq!(seen(2), (Some("hit"), Some("203.0.113.7")));
     // Anonymous requests cached per client do.
     let envoy = start(json!({"cache_anonymous": true, "statuses": {"401": {"ttl_seconds": 60}}}));
     envoy.get("/", &[("x-forwarded-for", "203.0.113.7")]);

@@ -5,8 +5,9 @@
 //! `wrk`, exports the paths). Every case gets its own Envoy (`--concurrency 2`, access log off;
 //! the tests' harness, `tests/common`) in front of one upstream in this process (the tests'
 //! upstream in its lean mode); `wrk` (1 thread, 8 connections) measures the cases in
-//! alternating rounds (A B C … A B C …), each measurement after a short warm-up, so that drift
-//! on a shared machine hits every case alike. Ratios are medians of per-round ratios. Envoy's
+//! alternating rounds (A B C …, then … C B A, and so on), each measurement after a short
+//! warm-up, so that drift on a shared machine hits every case alike and no case always follows
+//! the same one. Ratios are medians of per-round ratios. Envoy's
 //! CPU time per request (utime + stime from `/proc/<pid>/stat`) is the steadier figure on a
 //! 2-core machine where wrk, the upstream and Envoy compete.
 //!
@@ -167,7 +168,14 @@ fn main() {
     let mut raw = String::new();
     for round in 1..=settings.rounds {
         let _ = writeln!(raw, "## Round {round}\n");
-        for (case, series) in cases.iter().zip(&mut series) {
+        // Every other round backwards: a drift within a round, or a case that leaves the
+        // machine slower for the next one, then weighs on both ends of the order alike.
+        let mut order: Vec<usize> = (0..cases.len()).collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for index in order {
+            let (case, series) = (&cases[index], &mut series[index]);
             let m = measure::measure(case, &settings, ticks_per_s, &mut raw);
             eprintln!(
                 "bench: round {round}/{} {:<13} {:>8.0} req/s  p50 {:>9}  p99 {:>9}  \

@@ -153,8 +153,8 @@ impl Report<'_> {
         let _ = writeln!(
             out,
             "- Load: {}, `wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{}s --latency` (HTTP/1.1 \
-             keep-alive) on 127.0.0.1, {} rounds over all cases in turn, each measurement \
-             after a {} s warm-up of the same case",
+             keep-alive) on 127.0.0.1, {} rounds over all cases in turn (every other round \
+             backwards), each measurement after a {} s warm-up of the same case",
             m.wrk, s.seconds, s.rounds, s.warmup
         );
         let _ = writeln!(

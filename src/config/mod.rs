@@ -158,12 +158,6 @@ impl NegativeCacheConfig {
     pub fn rule_for(&self, status: u16) -> Option<&StatusRule> {
         self.statuses.iter().find(|rule| rule.status == status)
     }
-
-    /// Whether a request carrying a credential needs its client IP for the cache: only when
-    /// some status keys its entries on it.
-    pub fn keys_use_client_ip(&self) -> bool {
-        self.statuses.iter().any(|rule| rule.shape.client_ip)
-    }
 }
 
 /// Where the fingerprint key comes from.

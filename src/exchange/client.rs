@@ -15,14 +15,29 @@ use crate::request::Headers;
 static HEADER_DERIVED_PEER_LOGGED: AtomicBool = AtomicBool::new(false);
 
 impl Exchange {
-    /// Whether anything needs the client: the limiter, anonymous entries, entries keyed on the
-    /// client IP. Otherwise it is never resolved (a host call and a header walk saved on every
-    /// request of a cache-only set-up).
+    /// Whether the request step needs the client whatever the cache holds: the limiter, or an
+    /// anonymous request's identity. An entry keyed on the client IP resolves it only when one
+    /// is looked at or stored (`client_for_key`), so a cache-only set-up spends no host call and
+    /// no header walk on a request that never touches such an entry.
     pub(super) fn needs_client(&self, filter: &FilterConfig) -> bool {
         let cache = &filter.config.negative_cache;
         filter.config.rate_limit.enabled
-            || (cache.enabled
-                && (cache.keys_use_client_ip() || (!self.has_credential && cache.cache_anonymous)))
+            || (cache.enabled && !self.has_credential && cache.cache_anonymous)
+    }
+
+    /// The client's group for an entry keyed on it, resolved now if nothing has yet; `None`
+    /// when it cannot be resolved.
+    pub(super) fn client_for_key<H: Host>(
+        &mut self,
+        filter: &FilterConfig,
+        host: &H,
+        headers: &Headers,
+        report: &mut Report,
+    ) -> Option<&str> {
+        if !self.client_needed {
+            self.resolve_client(filter, host, headers, report);
+        }
+        self.client.as_deref()
     }
 
     /// Resolves the client from the peer and the proxy headers, and keeps its group.

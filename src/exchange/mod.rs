@@ -41,7 +41,7 @@ use crate::config::KeyShape;
 use crate::filter_config::FilterConfig;
 use crate::fingerprint::{Fingerprint, KeyParts};
 use crate::path;
-use crate::request::RequestLine;
+use crate::request::{Headers, RequestLine};
 use crate::slots::Bucket;
 
 /// One request and its response, as far as the filter is concerned. `Default` is an exchange
@@ -92,17 +92,19 @@ impl Exchange {
             .then(|| self.client.as_deref().unwrap_or("unresolved"))
     }
 
-    /// The entry key of this request under `shape`; `None` when the shape needs a client IP
-    /// that could not be resolved.
-    fn entry_key(
-        &self,
+    /// The entry key of this request (`headers`, `line`) under `shape`; `None` when the shape
+    /// needs a client IP that could not be resolved.
+    fn entry_key<H: Host>(
+        &mut self,
         filter: &FilterConfig,
+        host: &H,
+        (headers, line): (&Headers, &RequestLine),
         subject: &Subject,
         shape: KeyShape,
-        line: &RequestLine,
+        report: &mut Report,
     ) -> Option<Fingerprint> {
         let client_ip = if shape.client_ip {
-            self.client.as_deref()?
+            self.client_for_key(filter, host, headers, report)?
         } else {
             ""
         };

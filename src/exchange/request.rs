@@ -103,7 +103,7 @@ impl Exchange {
                 return self.reply(filter, refusal, None);
             }
         }
-        let step = self.consult_cache(filter, host, &line, presented, &clock, report);
+        let step = self.consult_cache(filter, host, (headers, &line), presented, &clock, report);
         if matches!(step.verdict, Verdict::Reply(_)) {
             return step;
         }
@@ -118,7 +118,7 @@ impl Exchange {
         &mut self,
         filter: &FilterConfig,
         host: &H,
-        line: &RequestLine,
+        (headers, line): (&Headers, &RequestLine),
         presented: credential::Presented,
         clock: &Clock,
         report: &mut Report,
@@ -162,7 +162,7 @@ impl Exchange {
             cache,
             &subject.identity,
             clock,
-            |shape| self.entry_key(filter, &subject, shape, line),
+            |shape| self.entry_key(filter, host, (headers, line), &subject, shape, report),
         );
         let Ok(found) = found else {
             report.error();

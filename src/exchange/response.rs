@@ -117,8 +117,9 @@ impl Exchange {
             return;
         };
         let inactive = plan.inactive_header.is_some();
-        let now = host.clock().now_ms();
-        let Some(mut entry) = self.entry(filter, status, inactive, response, &line, now) else {
+        let answer = (response, status, inactive);
+        let entry = self.entry(filter, host, answer, (request, &line), report);
+        let Some(mut entry) = entry else {
             return;
         };
         if plan.end_of_stream || !entry.capturable {

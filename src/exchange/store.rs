@@ -18,18 +18,19 @@ pub(super) struct Entry {
 }
 
 impl Exchange {
-    /// The entry a response with `status` makes, when the cache keeps it.
-    pub(super) fn entry(
-        &self,
+    /// The entry a response (its headers, `status`, whether it marks the credential inactive)
+    /// makes to the request (`request`, `line`), when the cache keeps it, stored now.
+    pub(super) fn entry<H: Host>(
+        &mut self,
         filter: &FilterConfig,
-        status: u16,
-        inactive_marker: bool,
-        response: &Headers,
-        line: &RequestLine,
-        now: u64,
+        host: &H,
+        (response, status, inactive_marker): (&Headers, u16, bool),
+        (request, line): (&Headers, &RequestLine),
+        report: &mut Report,
     ) -> Option<Entry> {
         let cache = &filter.config.negative_cache;
         let subject = self.subject?;
+        let now = host.clock().now_ms();
         let plan = negative_cache::plan_store(
             cache,
             status,
@@ -38,7 +39,7 @@ impl Exchange {
             response.first("retry-after"),
             now,
         )?;
-        let key = self.entry_key(filter, &subject, plan.shape, line)?;
+        let key = self.entry_key(filter, host, (request, line), &subject, plan.shape, report)?;
         let record = Record {
             inactive: plan.inactive,
             anonymous: subject.anonymous,

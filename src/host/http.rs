@@ -33,6 +33,9 @@ pub struct NegcacheHttp {
     /// StopAllIterationAndWatermark, so the body is buffered up to the buffer limit, then
     /// the upstream is no longer read, and no body callback runs until the response goes on.
     held: bool,
+    /// The client is in filter state for the access log (written once, when a step first
+    /// needs it: the request, or the response that stores an entry keyed on it).
+    client_logged: bool,
 }
 
 /// What the core asks of Envoy.
@@ -62,6 +65,7 @@ impl NegcacheHttp {
             exchange: Exchange::default(),
             request_headers: Vec::new(),
             held: false,
+            client_logged: false,
         }
     }
 
@@ -71,6 +75,17 @@ impl NegcacheHttp {
             ffi::set_filter_state(DECISION, decision.as_str().as_bytes());
         }
         self.metrics.absorb(&mut report.counts);
+    }
+
+    /// Writes the client to filter state once a step has resolved it.
+    fn log_client(&mut self) {
+        if self.client_logged {
+            return;
+        }
+        if let Some(client) = self.exchange.client_label() {
+            ffi::set_filter_state(CLIENT, client.as_bytes());
+            self.client_logged = true;
+        }
     }
 
     /// Tells the limiter how the request ended, when a step handed out a tally.
@@ -171,9 +186,7 @@ impl HttpContext for NegcacheHttp {
         // The view borrows the map, which is kept for the response.
         drop(headers);
         self.request_headers = map.unwrap_or_default();
-        if let Some(client) = self.exchange.client_label() {
-            ffi::set_filter_state(CLIENT, client.as_bytes());
-        }
+        self.log_client();
         self.count(&filter, step.tally, &mut report);
         let action = match step.verdict {
             Verdict::Continue => Action::Continue,
@@ -212,6 +225,7 @@ impl HttpContext for NegcacheHttp {
                 &mut report,
             );
         }
+        self.log_client();
         // After `respond`: the purge header's values are read from the map first.
         for name in plan.remove() {
             let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, name);

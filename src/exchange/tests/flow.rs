@@ -45,11 +45,40 @@ fn the_peer_is_read_only_when_something_uses_the_client() {
     assert_eq!(cache_only.host.peer_reads.get(), 0);
     assert_eq!(seen.client, None, "nothing needed the client");
 
-    // Entries keyed on the client IP (the default 429 rule) need it.
+    // Entries keyed on the client IP (the default 429 rule) need it, but only a request that
+    // stores or finds one: a cache-only set-up's other requests never read the peer.
     let mut keyed_on_client = Proxy::new(r#"{"rate_limit": {"enabled": false}}"#);
     let seen = keyed_on_client.send(&get("/").token("t"), upstream(200));
+    assert_eq!(keyed_on_client.host.peer_reads.get(), 0);
+    assert_eq!(seen.client, None);
+    let seen = keyed_on_client.send(&get("/").token("t"), upstream(429));
+    assert_eq!(seen.decision, Some(Decision::Stored));
     assert_eq!(keyed_on_client.host.peer_reads.get(), 1);
-    assert_eq!(seen.client.as_deref(), Some("192.0.2.1"));
+    assert_eq!(
+        seen.client.as_deref(),
+        Some("192.0.2.1"),
+        "the 429's client"
+    );
+    let seen = keyed_on_client.send(&get("/").token("t"), upstream(200));
+    assert_eq!(seen.decision, Some(Decision::Hit));
+    assert_eq!(seen.status, 429);
+    assert_eq!(keyed_on_client.host.peer_reads.get(), 2);
+    assert_eq!(
+        seen.client.as_deref(),
+        Some("192.0.2.1"),
+        "the hit's client"
+    );
+    // Another client with the same credential finds the entry and misses it.
+    keyed_on_client.host.peer = Some("198.51.100.7:1234".to_string());
+    let seen = keyed_on_client.send(&get("/").token("t"), upstream(200));
+    assert_eq!(seen.decision, Some(Decision::Miss));
+    assert_eq!(seen.status, 200);
+    assert_eq!(seen.client.as_deref(), Some("198.51.100.7"));
+    // A credential with no entry keyed on the client reads no peer.
+    let seen = keyed_on_client.send(&get("/").token("other"), upstream(401));
+    assert_eq!(seen.decision, Some(Decision::Stored));
+    assert_eq!(keyed_on_client.host.peer_reads.get(), 3);
+    assert_eq!(seen.client, None);
 
     let mut anonymous = Proxy::new(
         r#"{"rate_limit": {"enabled": false},

@@ -388,6 +388,10 @@ impl Proxy {
                 &mut report,
             );
         }
+        // As the adapter does: a client first resolved to store an entry keyed on it is logged.
+        if flight.seen.client.is_none() {
+            flight.seen.client = exchange.client_label().map(str::to_string);
+        }
         for name in plan.remove() {
             headers.retain(|(n, _)| n != name);
         }
