@@ -112,8 +112,8 @@ impl Fingerprinter {
         parts: &KeyParts<'_>,
     ) -> Fingerprint {
         // An entry keyed on its identity alone is that identity: it is a keyed fingerprint
-        // already, and a record's key is only ever compared within its own identity and shape
-        // (`negative_cache::lookup`), so a second SipHash would only cost time on every hit.
+        // already, in another domain than every other entry's key, so no two entries' keys
+        // meet, and a second SipHash would only cost time on every hit and every store.
         if shape == KeyShape::IDENTITY_ONLY {
             return *identity;
         }
